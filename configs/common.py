@@ -1,0 +1,183 @@
+"""Shared config pieces: the CTT defaults of SPEC and the `arg` string parser.
+
+Every `configs/<dataset>.py:get_config(arg)` starts from `base_config()`, applies its
+dataset settings, then the overrides of `arg`:
+
+    configs/cityscapes.py:1_8,method=mean_teacher,num_pairs=3,bank_size=512,phi=0.85
+
+The first comma-separated field without `=` is the partition; every `key=value` sets a
+config key (dotted keys reach nested dicts: `model.backbone=resnet50`). Values are parsed
+to the type of the existing key; an unknown key fails with the list of valid keys.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """CTT with the paper's settings (SPEC "Losses", "Teachers", "Optimisation")."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # --- method (SPEC "Methods") ---
+  c.method = 'ctt'  # supervised|mean_teacher|mutual|dual_teacher|ctt|ensemble|self_training
+  c.num_pairs = 2
+  c.use_ct = True
+  c.use_hc = True
+  c.use_lc = True
+  c.directional_mask = True
+  c.unlabeled_aug = 'classmix'  # classmix|cutmix|none
+  c.ct_weighting = 'batch_confident_fraction'  # or 'none'
+  c.ct_confidence_threshold = 0.968
+  c.phi = 0.75
+  c.hc_temperature = 0.5
+  c.lc_temperature = 0.5
+  c.lambda_sup = 1.0
+  c.lambda_ct = 1.0
+  c.lambda_hc = 0.1
+  c.lambda_lc = 0.1
+  # Memory bank (SPEC "Memory bank").
+  c.bank_size = 128
+  c.k_per_step = -1  # -1: max(1, num_labeled // bank_size)
+  c.contrastive_start_step = -1  # -1: contrastive terms start when every queue is full
+  c.bank_push = 'after_update'  # SPEC; 'before_update' = paper's Algorithm 1, cheaper
+  c.ema_decay = 0.99
+  # Run the n students as one vmapped network (stacked params) instead of n unrolled calls.
+  c.vmap_pairs = False
+  # Strong view of the unlabeled images, done on device (SPEC item 3).
+  c.strong_aug = ml_collections.ConfigDict()
+  c.strong_aug.color_jitter_prob = 0.8
+  c.strong_aug.brightness = 0.4
+  c.strong_aug.contrast = 0.4
+  c.strong_aug.saturation = 0.4
+  c.strong_aug.hue = 0.1
+  c.strong_aug.blur_prob = 0.5
+  c.strong_aug.blur_sigma_min = 0.1
+  c.strong_aug.blur_sigma_max = 2.0
+  c.strong_aug.cutmix_area = 0.5
+  # Self-training stage 2 reads its fixed teacher from the stage-1 (`supervised`) workdir.
+  c.self_training_teacher_workdir = ''
+
+  # --- optimisation (SPEC "Optimisation and data") ---
+  c.lr = 2.5e-4
+  c.head_lr_mult = 10.0
+  c.momentum = 0.9
+  c.weight_decay = 5e-4
+  c.poly_power = 0.9
+  c.total_steps = 80_000
+  c.batch_size = 2  # labeled images per step; the unlabeled batch has the same size
+
+  # --- images ---
+  c.num_classes = 19
+  c.ignore_label = 255
+  c.image_mean = (0.485, 0.456, 0.406)  # ImageNet, on [0, 1] images
+  c.image_std = (0.229, 0.224, 0.225)
+
+  # --- model (ctt_jax.models.get_model) ---
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'deeplabv2'  # deeplabv2|deeplabv3plus|tiny
+  c.model.backbone = 'resnet101'
+  c.model.layout = 'caffe'  # torchvision|caffe|v1c
+  c.model.output_stride = 8
+  c.model.width_multiplier = 1.0
+  c.model.feature_dim = 256
+  c.model.projection_dim = 0  # >0 adds a projection head for the contrastive features
+  c.model.freeze_bn = True
+  c.model.dtype = 'float32'  # or bfloat16 (compute; params stay float32)
+  c.model.pretrained = ''  # converted weights (.npz / orbax dir), see models/convert.py
+  c.model.skip_head = True  # when importing weights, leave the classifier head at init
+
+  # --- data (ctt_jax.data.build_datasets) ---
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'cityscapes'
+  c.data.data_dir = ''
+  c.data.split = '1_30'
+  c.data.labeled_fraction = 0.0  # datasets without published lists: seeded subset
+  c.data.crop_size = (256, 512)
+  c.data.resize = (512, 1024)  # Cityscapes: resize before cropping
+  c.data.scale_range = (1.0, 1.0)  # VOC: (0.5, 1.5)
+  c.data.hflip = True
+  c.data.rotation_degrees = 0.0
+  c.data.translate_fraction = 0.0
+  c.data.eval_protocol = 'paper'  # paper|full
+  c.data.eval_batch_size = 1
+  c.data.source = 'auto'  # auto|tfds|folder
+  c.data.eval_size = (0, 0)  # eval pad size; (0, 0): data.resize (paper) or dataset max
+  c.data.splits_dir = ''  # '' = packaged ctt_jax/data/splits; else <dir>/<dataset>/*.txt
+  c.data.partition_seed = 0  # labeled subset of datasets without lists (camvid, synthetic)
+  c.data.tfds_data_dir = ''  # tensorflow-datasets data_dir ('' = tfds default)
+  c.data.synthetic_image_size = (64, 64)
+  c.data.synthetic_num_train = 512
+  c.data.synthetic_num_val = 64
+  c.data.synthetic_seed = 0  # the synthetic scenes themselves (not the training order)
+
+  # --- the training program ---
+  c.log_every = 50
+  c.eval_every = 4000
+  c.checkpoint_every = 2000
+  c.keep_checkpoints = 3
+  c.image_summaries = 3
+  return c
+
+
+def _parse_value(text: str, current):
+  """Parses `text` to the type of `current` (the key's default)."""
+  if isinstance(current, bool):
+    if text.lower() in ('true', '1', 'yes'):
+      return True
+    if text.lower() in ('false', '0', 'no'):
+      return False
+    raise ValueError(f'expected true/false, got {text!r}')
+  if isinstance(current, int):
+    return int(text)
+  if isinstance(current, float):
+    return float(text)
+  if isinstance(current, tuple):
+    parts = [p for p in text.replace('x', ':').split(':') if p]
+    return tuple(type(current[0])(p) if current else float(p) for p in parts)
+  return text
+
+
+def _flat_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
+  keys = []
+  for k, v in config.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      keys += _flat_keys(v, prefix + k + '.')
+    else:
+      keys.append(prefix + k)
+  return keys
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]):
+  """Applies `key=value` strings; unknown keys fail naming the valid ones."""
+  valid = _flat_keys(config)
+  for item in overrides:
+    key, _, text = item.partition('=')
+    key = key.strip()
+    if key not in valid:
+      raise KeyError(
+          f'Unknown config key {key!r} in override {item!r}. Valid keys: '
+          + ', '.join(sorted(valid)))
+    *parents, leaf = key.split('.')
+    node = config
+    for p in parents:
+      node = node[p]
+    try:
+      value = _parse_value(text.strip(), node[leaf])
+    except ValueError as e:
+      raise ValueError(f'Bad value for config key {key!r}: {e}') from None
+    node[leaf] = value
+  return config
+
+
+def split_arg(arg: str | None) -> tuple[str | None, list[str]]:
+  """'1_8,method=ctt' -> ('1_8', ['method=ctt'])."""
+  if not arg:
+    return None, []
+  fields = [f for f in arg.split(',') if f.strip()]
+  positional = [f.strip() for f in fields if '=' not in f]
+  overrides = [f for f in fields if '=' in f]
+  if len(positional) > 1:
+    raise ValueError(f'Config argument {arg!r} names more than one partition: '
+                     f'{positional}.')
+  return (positional[0] if positional else None), overrides

@@ -1,0 +1,119 @@
+"""The strong view of the unlabeled batch, built on device inside the train step (SPEC 3).
+
+Colour jitter and Gaussian blur are drawn per image; the ClassMix / CutMix mask is drawn
+once per image and step and shared by every student, so that the students see the same
+input pixel for pixel (LC compares them there). Image i of the mixed batch takes mask-on
+pixels from image i and the rest from image i+1 (rolled).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_LUMA = jnp.array([0.299, 0.587, 0.114], jnp.float32)
+
+
+def _grayscale(images):
+  return jnp.einsum('bhwc,c->bhw', images, _LUMA)[..., None]
+
+
+def _rotate_hue(images, angle):
+  """Rotates hue by `angle` [B] radians in YIQ space (a linear, vectorised hue shift)."""
+  to_yiq = jnp.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322],
+                      [0.211, -0.523, 0.312]], jnp.float32)
+  from_yiq = jnp.linalg.inv(to_yiq)
+  cos, sin = jnp.cos(angle), jnp.sin(angle)
+  zeros, ones = jnp.zeros_like(cos), jnp.ones_like(cos)
+  rot = jnp.stack([jnp.stack([ones, zeros, zeros], -1),
+                   jnp.stack([zeros, cos, -sin], -1),
+                   jnp.stack([zeros, sin, cos], -1)], -2)  # [B, 3, 3]
+  matrix = jnp.einsum('ij,bjk,kl->bil', from_yiq, rot, to_yiq)
+  return jnp.einsum('bij,bhwj->bhwi', matrix, images)
+
+
+def color_jitter(rng, images, *, brightness, contrast, saturation, hue, prob):
+  """Random brightness, contrast, saturation and hue, each image with probability `prob`.
+
+  images: [B, H, W, 3] float in [0, 1].
+  """
+  b = images.shape[0]
+  keys = jax.random.split(rng, 5)
+
+  def factor(key, strength):
+    return jax.random.uniform(key, (b, 1, 1, 1), minval=1 - strength, maxval=1 + strength)
+
+  out = images * factor(keys[0], brightness)
+  mean = jnp.mean(_grayscale(out), axis=(1, 2, 3), keepdims=True)
+  out = (out - mean) * factor(keys[1], contrast) + mean
+  gray = _grayscale(out)
+  out = (out - gray) * factor(keys[2], saturation) + gray
+  angle = jax.random.uniform(keys[3], (b,), minval=-hue, maxval=hue) * 2 * jnp.pi
+  out = _rotate_hue(out, angle)
+  apply = jax.random.bernoulli(keys[4], prob, (b, 1, 1, 1))
+  return jnp.clip(jnp.where(apply, out, images), 0.0, 1.0)
+
+
+def gaussian_blur(rng, images, *, prob, sigma_min, sigma_max, radius: int = 4):
+  """Separable Gaussian blur with a per-image sigma, applied with probability `prob`."""
+  b = images.shape[0]
+  k_sigma, k_apply = jax.random.split(rng)
+  sigma = jax.random.uniform(k_sigma, (b,), minval=sigma_min, maxval=sigma_max)
+  taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  kernel = jnp.exp(-0.5 * (taps[None, :] / sigma[:, None]) ** 2)
+  kernel = kernel / kernel.sum(-1, keepdims=True)  # [B, T]
+
+  def blur_one(image, k):  # image [H, W, 3], k [T]; edge padding keeps borders unbiased
+    padded = jnp.pad(image, ((radius, radius), (radius, radius), (0, 0)), mode='edge')
+    h, w = image.shape[:2]
+    rows = sum(k[t] * padded[t:t + h] for t in range(2 * radius + 1))
+    return sum(k[t] * rows[:, t:t + w] for t in range(2 * radius + 1))
+
+  blurred = jax.vmap(blur_one)(images, kernel)
+  apply = jax.random.bernoulli(k_apply, prob, (b, 1, 1, 1))
+  return jnp.where(apply, blurred, images)
+
+
+def classmix_masks(rng, class_map, num_classes: int):
+  """ClassMix masks: per image, a random half (rounded up) of the classes it contains.
+
+  Args:
+    class_map: [B, H, W] int class per pixel (argmax of the teachers' mean softmax);
+      values outside [0, C) never enter the mask.
+  Returns:
+    [B, H, W] bool, True where the pixel keeps image i (it is pasted onto image i+1).
+  """
+  b = class_map.shape[0]
+  onehot = jax.nn.one_hot(class_map, num_classes, dtype=jnp.bool_)  # [B, H, W, C]
+  present = jnp.any(onehot, axis=(1, 2))  # [B, C]
+  # A random order of the present classes; the first ceil(n/2) are chosen.
+  keys = jnp.where(present, jax.random.uniform(rng, (b, num_classes)), 2.0)
+  rank = jnp.argsort(jnp.argsort(keys, axis=-1), axis=-1)
+  num_chosen = (present.sum(-1, keepdims=True) + 1) // 2
+  chosen = present & (rank < num_chosen)  # [B, C]
+  return jnp.any(onehot & chosen[:, None, None, :], axis=-1)
+
+
+def cutmix_masks(rng, batch: int, height: int, width: int, area: float):
+  """CutMix masks: one random box per image covering `area` of it, True inside the box."""
+  k_ratio, k_y, k_x = jax.random.split(rng, 3)
+  # Aspect ratio log-uniform in [1/2, 2]; box sides from area and ratio, clipped to fit.
+  ratio = jnp.exp(jax.random.uniform(k_ratio, (batch,), minval=-jnp.log(2.), maxval=jnp.log(2.)))
+  box_h = jnp.clip(jnp.round(jnp.sqrt(area * height * width * ratio)), 1, height)
+  box_w = jnp.clip(jnp.round(area * height * width / box_h), 1, width)
+  y0 = jnp.floor(jax.random.uniform(k_y, (batch,)) * (height - box_h + 1))
+  x0 = jnp.floor(jax.random.uniform(k_x, (batch,)) * (width - box_w + 1))
+  ys = jnp.arange(height)[None, :, None]
+  xs = jnp.arange(width)[None, None, :]
+  inside_y = (ys >= y0[:, None, None]) & (ys < (y0 + box_h)[:, None, None])
+  inside_x = (xs >= x0[:, None, None]) & (xs < (x0 + box_w)[:, None, None])
+  return inside_y & inside_x
+
+
+def mix(mask, values):
+  """Image i of the result: `values[i]` where mask[i], else `values[i+1]` (rolled).
+
+  mask: [B, H, W] bool; values: [B, H, W, ...].
+  """
+  rolled = jnp.roll(values, -1, axis=0)
+  m = mask.reshape(mask.shape + (1,) * (values.ndim - mask.ndim))
+  return jnp.where(m, values, rolled)

@@ -1,0 +1,145 @@
+"""The train step on a tiny model: learning, EMA, cross-teacher routing, methods, traces."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ctt_jax import train_state, train_step
+from tests.train_helpers import IMAGE, make_batch, tiny_config, tiny_model
+
+
+def _setup(**overrides):
+  config = tiny_config(**overrides)
+  model = tiny_model(config)
+  state = train_state.init_train_state(config, model, jax.random.key(0), IMAGE)
+  step = train_step.make_train_step(config, model, num_labeled=8)
+  return config, model, state, step
+
+
+@pytest.fixture(scope='module')
+def ctt_run():
+  """One compile of the default CTT step, 25 steps on a fixed batch."""
+  config, model, state0, step = _setup()
+  jitted = jax.jit(step)
+  batch = make_batch()
+  history, states = [], [state0]
+  state = state0
+  for i in range(25):
+    state, metrics = jitted(state, batch, jax.random.key(i))
+    history.append(jax.device_get(metrics))
+    states.append(state)
+  return config, step, states, history
+
+
+def test_loss_falls_on_a_fixed_batch(ctt_run):
+  _, _, _, history = ctt_run
+  first, last = history[0]['loss_sup'], history[-1]['loss_sup']
+  assert last < 0.7 * first, (first, last)
+  assert all(h['loss_finite'] == 1.0 for h in history)
+
+
+def test_compiled_once(ctt_run):
+  _, step, _, _ = ctt_run
+  assert step.trace_count[0] == 1
+
+
+def test_teachers_follow_the_ema_formula(ctt_run):
+  config, _, states, history = ctt_run
+  for t in (1, 10):  # state t -> t+1 is optimiser step number t
+    decay = min(1 - 1 / (t + 1), config.ema_decay)
+    np.testing.assert_allclose(history[t]['ema_decay'], decay, rtol=1e-6)
+    expected = jax.tree.map(lambda tp, p: decay * tp + (1 - decay) * p,
+                            states[t].teacher_params, states[t + 1].params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 states[t + 1].teacher_params, expected)
+    expected_bs = jax.tree.map(lambda tb, b: decay * tb + (1 - decay) * b,
+                               states[t].teacher_batch_stats, states[t + 1].batch_stats)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 states[t + 1].teacher_batch_stats, expected_bs)
+
+
+def test_banks_fill_and_contrastive_terms_act(ctt_run):
+  _, _, states, history = ctt_run
+  assert history[-1]['bank_fill'] > history[0]['bank_fill']
+  banks = states[-1].banks
+  assert banks.feats.shape[:3] == (2, 3, 4)
+  # Stored features are L2-normalised (where written).
+  norms = np.linalg.norm(np.asarray(banks.feats), axis=-1)
+  written = np.asarray(jax.vmap(lambda c: jnp.arange(4)[None] < c[:, None])(banks.count))
+  np.testing.assert_allclose(norms[written], 1.0, rtol=1e-5)
+  assert any(h['loss_lc'] > 0 for h in history) and any(h['loss_hc'] > 0 for h in history)
+  for key in ('lr', 'bank_fill', 'hc_mask_fraction', 'lc_mask_fraction',
+              'pseudo_label_confidence', 'loss_ct', 'loss_sup', 'grad_norm'):
+    assert np.isfinite(history[-1][key]), key
+
+
+def test_cross_teacher_reaches_only_the_other_students():
+  """With ctt, changing teacher k changes the CT loss of every student but k."""
+  config, model, state, step = _setup(num_pairs=3, unlabeled_aug='none', ct_weighting='none')
+  state = jax.device_get(state)
+  other = train_state.init_variables(model, jax.random.key(7), IMAGE, 3)
+  step = jax.jit(step)
+  batch = make_batch(1)
+  _, base = step(state, batch, jax.random.key(0))
+  for k in range(3):
+    teacher = jax.tree.map(lambda t, o: jnp.asarray(t).at[k].set(o[k]), state.teacher_params,
+                           other['params'])
+    _, changed = step(state.replace(teacher_params=teacher), batch, jax.random.key(0))
+    for j in range(3):
+      delta = abs(float(changed[f'loss_ct/{j}']) - float(base[f'loss_ct/{j}']))
+      if j == k:
+        assert delta < 1e-6, (k, j, delta)
+      else:
+        assert delta > 1e-4, (k, j, delta)
+
+
+@pytest.mark.parametrize('overrides', [
+    dict(method='supervised'),
+    dict(method='mean_teacher', num_pairs=1, unlabeled_aug='cutmix'),
+    dict(method='mutual'),
+    dict(method='dual_teacher', ct_weighting='none'),
+    dict(method='ensemble', use_hc=False, use_lc=False),
+    dict(method='self_training', use_ct=True, use_hc=False),
+    dict(method='ctt', use_ct=False, directional_mask=False, bank_push='before_update'),
+], ids=lambda o: ','.join(f'{k}={v}' for k, v in o.items()))
+def test_every_method_and_switch_runs(overrides):
+  config, _, state, step = _setup(**overrides)
+  init_teacher = jax.device_get(state.teacher_params)
+  batch = make_batch(2)
+  jitted = jax.jit(step)
+  for i in range(2):
+    state, metrics = jitted(state, batch, jax.random.key(i))
+  metrics = jax.device_get(metrics)
+  assert all(np.isfinite(v) for v in metrics.values()), metrics
+  method = config.method
+  assert ('loss_ct' in metrics) == (method != 'supervised' and config.use_ct)
+  assert ('loss_hc' in metrics) == (method != 'supervised' and config.use_hc)
+  assert ('loss_lc' in metrics) == (method != 'supervised' and config.use_lc
+                                    and config.num_pairs > 1)
+  teacher_moved = any(not np.allclose(a, b) for a, b in zip(
+      jax.tree.leaves(init_teacher), jax.tree.leaves(state.teacher_params)))
+  assert teacher_moved == (method != 'self_training')
+  if method != 'supervised':
+    assert float(np.asarray(state.banks.count).sum()) > 0
+
+
+def test_vmapped_pairs_equal_unrolled_pairs():
+  results = []
+  for vmap_pairs in (False, True):
+    _, _, state, step = _setup(vmap_pairs=vmap_pairs)
+    state, metrics = jax.jit(step)(state, make_batch(3), jax.random.key(0))
+    results.append((state, metrics))
+  (s0, m0), (s1, m1) = results
+  np.testing.assert_allclose(m0['loss'], m1['loss'], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               s0.params, s1.params)
+
+
+def test_non_finite_loss_keeps_the_state():
+  _, _, state, step = _setup(method='supervised')
+  batch = make_batch(4)
+  state = jax.device_get(state)
+  bad = jax.tree.map(lambda x: x * jnp.nan, state.params)
+  new_state, metrics = jax.jit(step)(state.replace(params=bad), batch, jax.random.key(0))
+  assert float(metrics['loss_finite']) == 0.0
+  assert int(new_state.step) == int(state.step)
