@@ -80,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.layout = 'caffe'  # torchvision|caffe|v1c
   c.model.output_stride = 8
   c.model.width_multiplier = 1.0
+  c.model.width = 16  # `tiny` model only: channels of its first conv
   c.model.feature_dim = 256
   c.model.projection_dim = 0  # >0 adds a projection head for the contrastive features
   c.model.freeze_bn = True
@@ -117,6 +118,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 2000
   c.keep_checkpoints = 3
   c.image_summaries = 3
+  # Evaluation by crops of data.crop_size slid over the image (stride = this fraction of
+  # the crop), softmax averaged where crops overlap: the usual partner of
+  # data.eval_protocol='full'. False: one pass over the whole image.
+  c.eval_sliding_window = False
+  c.eval_window_stride_fraction = 2 / 3
+  # Stop (with a checkpoint) once this step is reached, e.g. to fit a time-limited job;
+  # rerunning the same command resumes. -1: run to total_steps.
+  c.stop_at_step = -1
   return c
 
 
@@ -181,3 +190,25 @@ def split_arg(arg: str | None) -> tuple[str | None, list[str]]:
     raise ValueError(f'Config argument {arg!r} names more than one partition: '
                      f'{positional}.')
   return (positional[0] if positional else None), overrides
+
+
+def dataset_config(dataset: str, arg: str | None, splits: tuple[str, ...],
+                   default_split: str, **settings) -> ml_collections.ConfigDict:
+  """base_config() + the dataset's defaults + `settings` (dotted keys) + the partition and
+  overrides of `arg` (which win)."""
+  from ctt_jax.data import defaults  # pylint: disable=g-import-not-at-top
+  config = base_config()
+  defaults.apply_dataset_defaults(config, dataset)
+  for key, value in settings.items():
+    *parents, leaf = key.split('__')
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  split, overrides = split_arg(arg)
+  split = split or default_split
+  if split not in splits:
+    raise ValueError(f'Unknown partition {split!r} for {dataset}; valid: '
+                     f'{", ".join(splits)}.')
+  config.data.split = split
+  return apply_overrides(config, overrides)

@@ -47,10 +47,12 @@ def pseudo_label_sources(method: str, num_pairs: int) -> list[list[int]]:
 
 
 def bank_k_per_step(config, num_labeled: int) -> int:
-  """SPEC: k = max(1, N_L // N) unless the config sets it."""
+  """SPEC: k = max(1, N_L // N) unless the config sets it; at most N (a whole queue)."""
   if config.k_per_step > 0:
-    return int(config.k_per_step)
-  return max(1, int(num_labeled) // int(config.bank_size))
+    k = int(config.k_per_step)
+  else:
+    k = max(1, int(num_labeled) // int(config.bank_size))
+  return min(k, int(config.bank_size))
 
 
 def resize_labels_nearest(labels, size):

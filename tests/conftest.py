@@ -9,3 +9,11 @@ os.environ.setdefault('XLA_FLAGS', '--xla_backend_optimization_level=0')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+# One persistent compilation cache per test session: identical programs (the same step
+# compiled again after a restart, in-process or in a subprocess) compile once.
+import tempfile  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='ctt_jax_cache_'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')

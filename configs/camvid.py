@@ -1,0 +1,22 @@
+"""CamVid (SegNet layout, 11 classes) at 240x180: the CPU-sized check that CTT learns on
+real street scenes (issue "Show that it learns").
+
+    python main.py --config=configs/camvid.py:1_8,method=ctt --workdir=DIR
+
+Labeled = a seeded subset of the 367 training images (1_8 -> 46), unlabeled = the rest;
+val = the 101 val images. No pretrained weights offline: trains from scratch, so the rate is
+larger than the paper's fine-tuning one. data.data_dir defaults to ../shared/data/camvid.
+"""
+from configs import common
+
+SPLITS = ('1_16', '1_8', '1_4', '1_2', 'full')
+
+
+def get_config(arg=None):
+  return common.dataset_config(
+      'camvid', arg, SPLITS, '1_8',
+      model__name='deeplabv2', model__backbone='resnet18', model__layout='torchvision',
+      model__width_multiplier=0.5, model__output_stride=8, model__feature_dim=64,
+      model__freeze_bn=False,
+      lr=0.01, head_lr_mult=1.0, weight_decay=1e-4, total_steps=3000,
+      log_every=50, eval_every=500, checkpoint_every=500)

@@ -1,0 +1,16 @@
+"""Cityscapes, the paper's Table 1 / ablation setting: DeepLabV2-ResNet101, 256x512 crops of
+512x1024 images, batch 2 labeled + 2 unlabeled, 80k steps.
+
+    python main.py --config=configs/cityscapes.py:1_30 --workdir=DIR
+    python main.py --config=configs/cityscapes.py:1_8,method=mean_teacher,num_pairs=1 ...
+
+Partitions: 1_30 (100 labeled), 1_16 (186), 1_8 (372), 1_4 (744), 1_2 (1488), full.
+Data: data.data_dir holding leftImg8bit/ + gtFine/ (or the tfds manual_dir zips).
+"""
+from configs import common
+
+SPLITS = ('1_30', '1_16', '1_8', '1_4', '1_2', 'full')
+
+
+def get_config(arg=None):
+  return common.dataset_config('cityscapes', arg, SPLITS, '1_30')

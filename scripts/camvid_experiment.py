@@ -1,0 +1,130 @@
+"""CTT against the supervised baseline and mean teacher on CamVid, on a CPU.
+
+    python scripts/camvid_experiment.py --workdir=/tmp/camvid_exp [--overrides=total_steps=3000]
+
+Runs `supervised`, `mean_teacher` and `ctt` with configs/camvid.py on the same labeled
+subset (same seed) and budget, one after another, each in its own process; every run
+evaluates on the 101 val images every `eval_every` steps. Then writes, into the workdir:
+- results.md: mIoU (best network of the final evaluation), per-class IoU, steps, wall time,
+  seed — the table the README quotes;
+- curves.png: val mIoU against steps per method (also in each run's TensorBoard events);
+- results.json: everything above, machine-readable.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS = ('supervised', 'mean_teacher', 'ctt')
+
+
+def run_method(method: str, workdir: str, split: str, overrides: str) -> float:
+  """Trains one method to completion (resuming if its workdir has checkpoints)."""
+  arg = f'{split},method={method}' + (f',{overrides}' if overrides else '')
+  cmd = [sys.executable, os.path.join(ROOT, 'main.py'),
+         f'--config={os.path.join(ROOT, "configs", "camvid.py")}:{arg}',
+         f'--workdir={workdir}']
+  print('$', ' '.join(cmd), flush=True)
+  start = time.time()
+  with open(os.path.join(workdir + '.log'), 'a') as log:
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
+  return time.time() - start
+
+
+def read_curve(workdir: str) -> list[tuple[int, dict]]:
+  """[(step, eval results)] from the run's eval/step_*.json files."""
+  curve = []
+  for path in sorted(glob.glob(os.path.join(workdir, 'eval', 'step_*.json'))):
+    step = int(os.path.basename(path)[len('step_'):-len('.json')])
+    with open(path) as f:
+      curve.append((step, json.load(f)))
+  return curve
+
+
+def _best(results: dict) -> tuple[str, dict]:
+  name = results['best']
+  return name, results[name]
+
+
+def _per_class(entry: dict) -> dict:
+  per_class = entry['per_class_iou']
+  return per_class if isinstance(per_class, dict) else dict(enumerate(per_class))
+
+
+def write_table(summary: dict, path: str) -> str:
+  methods = list(summary)
+  classes = list(_per_class(summary[methods[0]]['final']))
+  lines = ['| method | mIoU | best network | steps | wall time | seed | '
+           + ' | '.join(str(c) for c in classes) + ' |',
+           '|---|---|---|---|---|---|' + '---|' * len(classes)]
+  for m in methods:
+    s = summary[m]
+    per_class = _per_class(s['final'])
+    cells = ' | '.join('-' if per_class[c] is None else f'{100 * per_class[c]:.1f}'
+                       for c in classes)
+    lines.append(f'| {m} | {100 * s["final"]["miou"]:.2f} | {s["network"]} | {s["steps"]} '
+                 f'| {s["wall_minutes"]:.1f} min | {s["seed"]} | {cells} |')
+  table = '\n'.join(lines) + '\n'
+  with open(path, 'w') as f:
+    f.write(table)
+  return table
+
+
+def plot_curves(curves: dict, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for method, curve in curves.items():
+    steps = [s for s, _ in curve]
+    mious = [100 * _best(r)[1]['miou'] for _, r in curve]
+    ax.plot(steps, mious, marker='o', label=method)
+  ax.set_xlabel('step')
+  ax.set_ylabel('val mIoU (%), best network')
+  ax.set_title('CamVid val (101 images), 1/8 labeled')
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--split', default='1_8')
+  parser.add_argument('--overrides', default='', help='extra key=value,... for every run')
+  parser.add_argument('--methods', default=','.join(METHODS))
+  args = parser.parse_args()
+  os.makedirs(args.workdir, exist_ok=True)
+  summary, curves = {}, {}
+  for method in args.methods.split(','):
+    run_dir = os.path.join(args.workdir, method)
+    wall = run_method(method, run_dir, args.split, args.overrides)
+    with open(os.path.join(run_dir, 'config.json')) as f:
+      config = json.load(f)
+    curve = read_curve(run_dir)
+    if not curve:
+      raise RuntimeError(f'{run_dir} has no eval/step_*.json: the run did not evaluate.')
+    step, final = curve[-1]
+    network, entry = _best(final)
+    summary[method] = {'final': entry, 'network': network, 'steps': step,
+                       'wall_minutes': wall / 60, 'seed': config['seed'],
+                       'curve': [(s, _best(r)[1]['miou']) for s, r in curve]}
+    curves[method] = curve
+    print(f'{method}: mIoU {100 * entry["miou"]:.2f} ({network}) after {step} steps, '
+          f'{wall / 60:.1f} min', flush=True)
+  table = write_table(summary, os.path.join(args.workdir, 'results.md'))
+  plot_curves(curves, os.path.join(args.workdir, 'curves.png'))
+  with open(os.path.join(args.workdir, 'results.json'), 'w') as f:
+    json.dump(summary, f, indent=2)
+  print(table)
+
+
+if __name__ == '__main__':
+  main()
