@@ -129,6 +129,11 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# The DeepLabV2 "caffe" checkpoints (converted with --bgr-to-rgb) expect 0..255 inputs minus
+# the Caffe mean, not divided by a std: the paper configs default to that scaling.
+CAFFE_INPUT = dict(image_mean=(0.48108, 0.45753, 0.40787), image_std=(1 / 255,) * 3)
+
+
 def _parse_value(text: str, current):
   """Parses `text` to the type of `current` (the key's default)."""
   if isinstance(current, bool):

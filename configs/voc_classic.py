@@ -1,5 +1,6 @@
 """Classic PASCAL VOC 2012 (PseudoSeg protocol), the paper's Table 3: DeepLabV3+-ResNet101;
-labeled = part of the 1464 train images, unlabeled = the rest of train_aug.
+labeled = part of the 1464 train images, unlabeled = the rest of train_aug. Backbone
+layout `deepbase` (the 64-64-128 deep stem of UniMatch's / CTT's ResNet-101 weights).
 
 Partitions: 1_16 (92 labeled), 1_8 (183), 1_4 (366), 1_2 (732).
 """
@@ -10,5 +11,5 @@ SPLITS = ('1_16', '1_8', '1_4', '1_2')
 
 def get_config(arg=None):
   return common.dataset_config('voc_classic', arg, SPLITS, '1_16',
-                               model__name='deeplabv3plus', model__layout='v1c',
+                               model__name='deeplabv3plus', model__layout='deepbase',
                                model__output_stride=16)

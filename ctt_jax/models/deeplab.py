@@ -1,0 +1,173 @@
+"""DeepLabV2 and DeepLabV3+ on the dilated ResNets of `resnet.py`.
+
+Both follow the paper's split f = g(h(x)) (SPEC "Notation"): `features` are the last
+representation before the classifier, so a pixel's confidence is a function of the
+features there. Top-level submodules: `backbone` (base learning rate) and the head
+modules below (head learning rate).
+
+DeepLabV2 (`model.name=deeplabv2`), logits at the output stride (1/8 by default):
+  layer4 -> `bottleneck` (1x1 conv, BN, ReLU to `feature_dim`)       = features
+         -> `classifier` (ASPP-V2: four 3x3 convs, dilation 6/12/18/24, with bias,
+                          summed)                                     = logits
+  The original DeepLabV2 applies the ASPP-V2 to the 2048-d layer4 output directly; the
+  1x1 bottleneck gives the 256-d features the contrastive losses need at little cost.
+
+DeepLabV3+ (`model.name=deeplabv3plus`), logits at 1/4 (the resolution of layer1):
+  layer4 -> `aspp` (1x1, three 3x3 at dilation 6/12/18 (x2 at output stride 8), image
+                    pooling; each conv-BN-ReLU at 256 ch; concat -> 1x1 conv-BN-ReLU)
+         -> bilinear upsampling to layer1's size (align_corners=True)
+  layer1 -> `decoder.reduce` (1x1 conv-BN-ReLU, 48 ch)
+  concat -> `decoder.fuse1`, `decoder.fuse2` (3x3 conv-BN-ReLU, `feature_dim` ch) = features
+         -> `classifier` (1x1 conv with bias)                                     = logits
+
+`model.projection_dim > 0` adds `projection` (1x1 conv-BN-ReLU-1x1 conv) on the features;
+its output is returned as `features` (the logits are unchanged).
+`model.width_multiplier` scales the backbone and the internal head widths (ASPP 256,
+low-level 48) but not `feature_dim` / `projection_dim`, which are set directly.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from ctt_jax.models.layers import ConvBN, batch_norm, conv, resize_bilinear
+from ctt_jax.models.resnet import ResNet, check_backbone_config, scale_width
+
+ASPP_V2_RATES = (6, 12, 18, 24)
+# Classifier init of DeepLab: small normal weights.
+classifier_init = nn.initializers.normal(0.01)
+
+
+class ASPPV2(nn.Module):
+  """DeepLabV2 classifier: sum of four dilated 3x3 convs (`conv0..conv3`, with bias)."""
+  num_classes: int
+  rates: tuple[int, ...] = ASPP_V2_RATES
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    return sum(
+        conv(self.num_classes, 3, dilation=r, use_bias=True, dtype=self.dtype,
+             kernel_init=classifier_init, name=f'conv{i}')(x)
+        for i, r in enumerate(self.rates))
+
+
+class ASPP(nn.Module):
+  """DeepLabV3 ASPP: branches `b0` (1x1), `b1..b3` (dilated 3x3), `pool` (image pooling),
+  concatenated and fused by `project` (1x1). [B, h, w, Cin] -> [B, h, w, features]."""
+  features: int
+  rates: tuple[int, int, int]
+  use_running_average: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    branch = lambda k, d, name: ConvBN(self.features, k, d, True, self.use_running_average,
+                                       self.dtype, name=name)
+    outs = [branch(1, 1, 'b0')(x)]
+    outs += [branch(3, r, f'b{i + 1}')(x) for i, r in enumerate(self.rates)]
+    pooled = branch(1, 1, 'pool')(jnp.mean(x, axis=(1, 2), keepdims=True))
+    outs.append(jnp.broadcast_to(pooled, outs[0].shape))  # = upsampling a 1x1 map
+    return branch(1, 1, 'project')(jnp.concatenate(outs, axis=-1))
+
+
+class Decoder(nn.Module):
+  """DeepLabV3+ decoder: `reduce` (1x1, low_level ch) on layer1, concat with the upsampled
+  ASPP output, then `fuse1`, `fuse2` (3x3). Returns [B, H1, W1, features]."""
+  features: int
+  low_level: int
+  use_running_average: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, high, low):
+    low = ConvBN(self.low_level, 1, 1, True, self.use_running_average, self.dtype,
+                 name='reduce')(low)
+    high = resize_bilinear(high, low.shape[1:3], align_corners=True)
+    x = jnp.concatenate([low, high], axis=-1)
+    for name in ('fuse1', 'fuse2'):
+      x = ConvBN(self.features, 3, 1, True, self.use_running_average, self.dtype,
+                 name=name)(x)
+    return x
+
+
+class ProjectionHead(nn.Module):
+  """`conv1` (1x1) -> `bn1` -> ReLU -> `conv2` (1x1, with bias) to `features` channels."""
+  hidden: int
+  features: int
+  use_running_average: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = conv(self.hidden, 1, dtype=self.dtype, name='conv1')(x)
+    x = nn.relu(batch_norm(self.use_running_average, self.dtype, 'bn1')(x))
+    return conv(self.features, 1, use_bias=True, dtype=self.dtype, name='conv2')(x)
+
+
+class DeepLab(nn.Module):
+  """DeepLabV2 or DeepLabV3+ (`head`); see the module docstring.
+
+  __call__(images [B, H, W, 3] float32, train) -> {'logits': [B, h, w, num_classes],
+  'features': [B, h, w, D]} in float32, D = projection_dim or feature_dim.
+  """
+  num_classes: int
+  head: str = 'deeplabv2'  # deeplabv2 | deeplabv3plus
+  backbone_name: str = 'resnet101'
+  layout: str = 'caffe'
+  output_stride: int = 8
+  width_multiplier: float = 1.0
+  feature_dim: int = 256
+  projection_dim: int = 0
+  freeze_bn: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    use_running_average = (not train) or self.freeze_bn
+    stages = ResNet(self.backbone_name, self.layout, self.output_stride,
+                    self.width_multiplier, self.freeze_bn, self.dtype,
+                    name='backbone')(images, train)
+    if self.head == 'deeplabv2':
+      features = ConvBN(self.feature_dim, 1, 1, True, use_running_average, self.dtype,
+                        name='bottleneck')(stages['layer4'])
+      logits = ASPPV2(self.num_classes, dtype=self.dtype, name='classifier')(features)
+    elif self.head == 'deeplabv3plus':
+      rates = tuple(r * 16 // self.output_stride for r in (6, 12, 18))
+      high = ASPP(scale_width(256, self.width_multiplier), rates, use_running_average,
+                  self.dtype, name='aspp')(stages['layer4'])
+      features = Decoder(self.feature_dim, scale_width(48, self.width_multiplier),
+                         use_running_average, self.dtype,
+                         name='decoder')(high, stages['layer1'])
+      logits = conv(self.num_classes, 1, use_bias=True, dtype=self.dtype,
+                    kernel_init=classifier_init, name='classifier')(features)
+    else:
+      raise ValueError(f'Unknown DeepLab head {self.head!r}; valid: deeplabv2, '
+                       'deeplabv3plus.')
+    if self.projection_dim > 0:
+      features = ProjectionHead(self.feature_dim, self.projection_dim, use_running_average,
+                                self.dtype, name='projection')(features)
+    return {'logits': logits.astype(jnp.float32), 'features': features.astype(jnp.float32)}
+
+
+def build_deeplab(model_config: ml_collections.ConfigDict, num_classes: int) -> DeepLab:
+  """The DeepLab of `model_config` (keys of `configs/common.py` `model`)."""
+  check_backbone_config(model_config.backbone, model_config.layout,
+                        int(model_config.output_stride))
+  if model_config.dtype not in ('float32', 'bfloat16'):
+    raise ValueError(f'model.dtype must be float32 or bfloat16, got {model_config.dtype!r}.')
+  return DeepLab(
+      num_classes=num_classes,
+      head=model_config.name,
+      backbone_name=model_config.backbone,
+      layout=model_config.layout,
+      output_stride=int(model_config.output_stride),
+      width_multiplier=float(model_config.width_multiplier),
+      feature_dim=int(model_config.feature_dim),
+      projection_dim=int(model_config.projection_dim),
+      freeze_bn=bool(model_config.freeze_bn),
+      dtype=jnp.bfloat16 if model_config.dtype == 'bfloat16' else jnp.float32,
+  )

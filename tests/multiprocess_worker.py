@@ -1,0 +1,61 @@
+"""One process of a data-parallel run on CPU: `--num_processes` of these (gloo collectives,
+`--local_devices` fake devices each) train a few CTT steps on the synthetic set, each
+process reading only its own slice of every global batch. Process 0 writes the final
+params to `--out` (.npz). With --num_processes=1 it is the single-process reference.
+"""
+import argparse
+import os
+import sys
+
+parser = argparse.ArgumentParser()
+parser.add_argument('--process_id', type=int, default=0)
+parser.add_argument('--num_processes', type=int, default=1)
+parser.add_argument('--port', type=int, default=0)
+parser.add_argument('--local_devices', type=int, default=4)
+parser.add_argument('--steps', type=int, default=3)
+parser.add_argument('--out', required=True)
+args = parser.parse_args()
+
+os.environ['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={args.local_devices} '
+                           '--xla_backend_optimization_level=0')
+os.environ['JAX_PLATFORMS'] = 'cpu'
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+if args.num_processes > 1:
+  jax.distributed.initialize(coordinator_address=f'127.0.0.1:{args.port}',
+                             num_processes=args.num_processes, process_id=args.process_id)
+
+from configs import demo  # pylint: disable=g-import-not-at-top
+from ctt_jax import data, models, sharding, train_state, train_step  # pylint: disable=g-import-not-at-top
+
+
+def main():
+  config = demo.get_config('model.width=4,model.feature_dim=8,bank_size=4,batch_size=8,'
+                           'data.crop_size=32x32,data.synthetic_image_size=32x32')
+  assert jax.process_count() == args.num_processes
+  datasets = data.build_datasets(config)  # this process's slice (jax.process_index())
+  model = models.get_model(config.model, config.num_classes)
+  mesh = sharding.make_mesh()
+  state = train_state.init_train_state(config, model, jax.random.key(config.seed),
+                                       tuple(config.data.crop_size))
+  state = sharding.replicate(state, mesh)
+  step = sharding.jit_train_step(
+      train_step.make_train_step(config, model, datasets.num_labeled), mesh)
+  for i in range(args.steps):
+    local = {'labeled': next(datasets.labeled), 'unlabeled': next(datasets.unlabeled)}
+    assert local['labeled']['image'].shape[0] == config.batch_size // jax.process_count()
+    state, _ = step(state, sharding.global_batch(local, mesh), jax.random.key(i))
+  leaves = jax.tree.leaves(state.params) + [state.banks.feats]
+  if jax.process_index() == 0:
+    # Replicated arrays: every process holds the full value on each of its devices.
+    np.savez(args.out, *[np.asarray(x.addressable_data(0)) for x in leaves])
+  print(f'process {jax.process_index()}/{jax.process_count()} devices '
+        f'{jax.local_device_count()}/{jax.device_count()} done', flush=True)
+
+
+if __name__ == '__main__':
+  main()
