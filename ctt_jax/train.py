@@ -204,8 +204,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         scalars = {f'train/{k}': float(np.mean([m[k] for m in log_window]))
                    for k in log_window[-1]}
         scalars['train/steps_per_sec'] = len(log_window) / (time.time() - window_start)
+        streams = 1 if config.method == 'supervised' else 2  # labeled (+ unlabeled)
         scalars['train/images_per_sec'] = (scalars['train/steps_per_sec']
-                                           * 2 * config.batch_size)
+                                           * streams * config.batch_size)
         writer.write_scalars(step, scalars)
         log_window, window_start = [], time.time()
       metrics_for_ckpt = None
