@@ -45,10 +45,20 @@ def main():
   state = sharding.replicate(state, mesh)
   step = sharding.jit_train_step(
       train_step.make_train_step(config, model, datasets.num_labeled), mesh)
-  for i in range(args.steps):
+  batches = []
+  for _ in range(args.steps):
     local = {'labeled': next(datasets.labeled), 'unlabeled': next(datasets.unlabeled)}
     assert local['labeled']['image'].shape[0] == config.batch_size // jax.process_count()
-    state, _ = step(state, sharding.global_batch(local, mesh), jax.random.key(i))
+    batches.append(sharding.global_batch(local, mesh))
+  # Compile ahead of time, then meet at a barrier of the coordination service: gloo gives
+  # up connecting if one process reaches the first collective much later than the other
+  # (e.g. a slow compile on a loaded machine).
+  compiled = step.lower(state, batches[0], jax.random.key(0)).compile()
+  if jax.process_count() > 1:
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    distributed.global_state.client.wait_at_barrier('ctt_step_compiled', 600_000)
+  for i, batch in enumerate(batches):
+    state, _ = compiled(state, batch, jax.random.key(i))
   leaves = jax.tree.leaves(state.params) + [state.banks.feats]
   if jax.process_index() == 0:
     # Replicated arrays: every process holds the full value on each of its devices.

@@ -6,25 +6,15 @@ from PIL import Image
 import pytest
 
 from configs.common import base_config
+from tests.data_helpers import build, dataset_config
 from ctt_jax import data
 from ctt_jax.data import camvid
 from ctt_jax.data import testing
 
 
 def make_config(data_dir, **overrides):
-  config = base_config()
-  data.apply_dataset_defaults(config, 'camvid')
-  config.data.data_dir = str(data_dir)
-  config.batch_size = 4
-  config.data.crop_size = (32, 40)
-  config.data.eval_batch_size = 2
-  for key, value in overrides.items():
-    config.data[key] = value
-  return config
-
-
-def build(config):
-  return data.build_datasets(config, process_index=0, process_count=1)
+  return dataset_config('camvid', batch_size=4, **{
+      'data_dir': str(data_dir), 'crop_size': (32, 40), 'eval_batch_size': 2, **overrides})
 
 
 @pytest.mark.parametrize('with_lists', [False, True])

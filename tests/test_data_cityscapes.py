@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from configs.common import base_config
+from tests.data_helpers import build, dataset_config
 from ctt_jax import data
 from ctt_jax.data import cityscapes
 from ctt_jax.data import testing
@@ -16,18 +16,9 @@ GT = os.path.join(FIXTURE, 'gtFine', 'val', 'frankfurt', testing.FIXTURE_ID + '_
 
 
 def make_config(tree, **overrides):
-  config = base_config()
-  data.apply_dataset_defaults(config, 'cityscapes')
-  config.data.data_dir = tree['data_dir']
-  config.data.splits_dir = tree['splits_dir']
-  config.data.split = '1_1'
-  for key, value in overrides.items():
-    config.data[key] = value
-  return config
-
-
-def build(config):
-  return data.build_datasets(config, process_index=0, process_count=1)
+  return dataset_config('cityscapes', **{
+      'data_dir': tree['data_dir'], 'splits_dir': tree['splits_dir'], 'split': '1_1',
+      **overrides})
 
 
 @pytest.fixture(scope='module')

@@ -6,26 +6,16 @@ from PIL import Image
 import pytest
 
 from configs.common import base_config
+from tests.data_helpers import build, dataset_config
 from ctt_jax import data
 from ctt_jax.data import testing
 
 
 def voc_config(tree, **overrides):
-  config = base_config()
-  data.apply_dataset_defaults(config, 'voc_aug')
-  config.data.data_dir = tree['data_dir']
-  config.data.splits_dir = tree['splits_dir']
-  config.data.split = 'full'
-  config.batch_size = 8  # one batch reads every training image
-  config.data.crop_size = (24, 24)
-  config.data.eval_size = (64, 64)
-  for key, value in overrides.items():
-    config.data[key] = value
-  return config
-
-
-def build(config):
-  return data.build_datasets(config, process_index=0, process_count=1)
+  # batch_size 8: one batch reads every training image.
+  return dataset_config('voc_aug', batch_size=8, **{
+      'data_dir': tree['data_dir'], 'splits_dir': tree['splits_dir'], 'split': 'full',
+      'crop_size': (24, 24), 'eval_size': (64, 64), **overrides})
 
 
 def first_error(stream):

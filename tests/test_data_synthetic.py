@@ -2,27 +2,15 @@
 import numpy as np
 import pytest
 
-from configs.common import base_config
+from tests.data_helpers import build, dataset_config
 from ctt_jax import data
 from ctt_jax.data import synthetic
 
 
 def make_config(**data_overrides):
-  config = base_config()
-  data.apply_dataset_defaults(config, 'synthetic')
-  config.data.synthetic_num_train = 48
-  config.data.synthetic_num_val = 10
-  config.batch_size = 4
-  config.data.eval_batch_size = 4
-  for key, value in data_overrides.items():
-    config.data[key] = value
-  return config
-
-
-def build(config, **kwargs):
-  kwargs.setdefault('process_index', 0)
-  kwargs.setdefault('process_count', 1)
-  return data.build_datasets(config, **kwargs)
+  return dataset_config('synthetic', batch_size=4, **{
+      'synthetic_num_train': 48, 'synthetic_num_val': 10, 'eval_batch_size': 4,
+      **data_overrides})
 
 
 def take(stream, n):

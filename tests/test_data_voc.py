@@ -5,28 +5,14 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from configs.common import base_config
-from ctt_jax import data
+from tests.data_helpers import build, dataset_config
 from ctt_jax.data import testing
 
 
 def make_config(tree, name='voc_aug', **overrides):
-  config = base_config()
-  data.apply_dataset_defaults(config, name)
-  config.data.data_dir = tree['data_dir']
-  config.data.splits_dir = tree['splits_dir']
-  config.data.split = '1_2'
-  config.batch_size = 2
-  config.data.crop_size = (32, 32)
-  config.data.eval_size = (64, 64)
-  config.data.eval_batch_size = 2
-  for key, value in overrides.items():
-    config.data[key] = value
-  return config
-
-
-def build(config):
-  return data.build_datasets(config, process_index=0, process_count=1)
+  return dataset_config(name, batch_size=2, **{
+      'data_dir': tree['data_dir'], 'splits_dir': tree['splits_dir'], 'split': '1_2',
+      'crop_size': (32, 32), 'eval_size': (64, 64), 'eval_batch_size': 2, **overrides})
 
 
 @pytest.fixture(scope='module')
