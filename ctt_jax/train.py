@@ -217,6 +217,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       stop_here = preemption.requested or step == config.stop_at_step
       if (step % config.checkpoint_every == 0 or step == total or stop_here
           or metrics_for_ckpt is not None):
+        if pending is not None:  # never checkpoint a step whose loss was not checked
+          _check_finite(_host_scalars(pending[1]), pending[0], workdir, last_saved)
         checkpointing.save(trainer.manager, step, state, metrics_for_ckpt)
         last_saved = step
         if step == kill_at:  # test hook: die while the asynchronous save is in flight
