@@ -40,7 +40,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.bank_size = 128
   c.k_per_step = -1  # -1: max(1, num_labeled // bank_size)
   c.contrastive_start_step = -1  # -1: contrastive terms start when every queue is full
-  c.bank_push = 'after_update'  # SPEC; 'before_update' = paper's Algorithm 1, cheaper
+  c.bank_push = 'after_update'  # SPEC; 'before_update' = paper's Algorithm 1, cheaper;
+  # 'none' = never push (benchmarks/step_benchmark.py: the step without the bank)
   c.ema_decay = 0.99
   # Run the n students as one vmapped network (stacked params) instead of n unrolled calls.
   c.vmap_pairs = False
@@ -85,6 +86,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.projection_dim = 0  # >0 adds a projection head for the contrastive features
   c.model.freeze_bn = True
   c.model.dtype = 'float32'  # or bfloat16 (compute; params stay float32)
+  # Convolutions: 'xla' (nn.Conv, einsum), 'im2col' (models/fast_conv.py: same forward
+  # values, a backward pass of matmuls that XLA:CPU runs faster), 'auto' (im2col on CPU,
+  # xla on GPU/TPU, whose graph stays as it is). Same parameters either way.
+  c.model.conv_impl = 'auto'
   c.model.pretrained = ''  # converted weights (.npz / orbax dir), see models/convert.py
   c.model.skip_head = True  # when importing weights, leave the classifier head at init
 
@@ -147,7 +152,10 @@ def _parse_value(text: str, current):
   if isinstance(current, float):
     return float(text)
   if isinstance(current, tuple):
-    parts = [p for p in text.replace('x', ':').split(':') if p]
+    # 128x256, 128:256 or (128, 256)
+    for sep in ('x', ',', '(', ')', '[', ']'):
+      text = text.replace(sep, ':')
+    parts = [p.strip() for p in text.split(':') if p.strip()]
     return tuple(type(current[0])(p) if current else float(p) for p in parts)
   return text
 
@@ -185,10 +193,17 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]):
 
 
 def split_arg(arg: str | None) -> tuple[str | None, list[str]]:
-  """'1_8,method=ctt' -> ('1_8', ['method=ctt'])."""
+  """'1_8,method=ctt' -> ('1_8', ['method=ctt']). Commas inside brackets belong to the
+  value: '1_8,data.crop_size=(128,128)' -> ('1_8', ['data.crop_size=(128,128)'])."""
   if not arg:
     return None, []
-  fields = [f for f in arg.split(',') if f.strip()]
+  fields, depth, start = [], 0, 0
+  for i, ch in enumerate(arg + ','):
+    depth += (ch in '([{') - (ch in ')]}')
+    if ch == ',' and depth <= 0:
+      fields.append(arg[start:i])
+      start = i + 1
+  fields = [f for f in fields if f.strip()]
   positional = [f.strip() for f in fields if '=' not in f]
   overrides = [f for f in fields if '=' in f]
   if len(positional) > 1:

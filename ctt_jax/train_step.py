@@ -87,9 +87,9 @@ def _check_config(config):
   if config.ct_weighting not in ('batch_confident_fraction', 'none'):
     raise ValueError(f'Unknown ct_weighting {config.ct_weighting!r}; valid: '
                      'batch_confident_fraction, none.')
-  if config.bank_push not in ('after_update', 'before_update'):
+  if config.bank_push not in ('after_update', 'before_update', 'none'):
     raise ValueError(f'Unknown bank_push {config.bank_push!r}; valid: after_update, '
-                     'before_update.')
+                     'before_update, none.')
   if config.num_pairs < 1:
     raise ValueError(f'num_pairs must be >= 1, got {config.num_pairs}.')
 
@@ -329,7 +329,10 @@ def make_train_step(config: ml_collections.ConfigDict, model, num_labeled: int):
     teacher_params = _ema(state.teacher_params, params, decay)
     teacher_stats = _ema(state.teacher_batch_stats, new_stats, decay)
 
-    if semi and (config.bank_push == 'after_update' or method == 'mutual'):
+    # `mutual` has no teachers before the update, so it always pushes after it.
+    push_after = config.bank_push == 'after_update' or (
+        method == 'mutual' and config.bank_push == 'before_update')
+    if semi and push_after:
       teacher_out_l, _ = pairs(teacher_params, teacher_stats, x_l, train=False)
       banks = push_banks(banks, jax.lax.stop_gradient(teacher_out_l), labels)
 

@@ -1,5 +1,11 @@
 """Run as a script with 8 fake CPU devices: the CTT step on 1 device vs 8 devices.
 
+    python tests/sharded_step_check.py [tiny|deeplab_im2col]
+
+`tiny`: the CTT step of the tiny test net. `deeplab_im2col`: the supervised step of a
+DeepLabV2 on a ResNet-18 at width 1/16 with `model.conv_impl='im2col'` (the CPU path's
+custom-VJP convolutions and stored block outputs) and trained BN (global-batch statistics).
+
 Prints 'max_param_diff=<float> max_bank_diff=<float> traces=<int>'. Invoked by
 test_sharding.py in a subprocess because the device count must be fixed before jax loads.
 """
@@ -18,8 +24,20 @@ from ctt_jax import sharding, train_state, train_step
 from tests.train_helpers import IMAGE, make_batch, tiny_config, tiny_model
 
 
-def run(devices, steps=3):
-  config = tiny_config(batch_size=8)
+def make_config(kind):
+  if kind == 'tiny':
+    return tiny_config(batch_size=8)
+  if kind == 'deeplab_im2col':
+    return tiny_config(**{
+        'batch_size': 8, 'method': 'supervised', 'num_pairs': 1, 'model.name': 'deeplabv2',
+        'model.backbone': 'resnet18', 'model.layout': 'torchvision',
+        'model.output_stride': 8, 'model.width_multiplier': 0.0625,
+        'model.conv_impl': 'im2col'})
+  raise ValueError(f'Unknown kind {kind!r}; valid: tiny, deeplab_im2col.')
+
+
+def run(devices, kind, steps=3):
+  config = make_config(kind)
   model = tiny_model(config)
   mesh = sharding.make_mesh(devices)
   state = train_state.init_train_state(config, model, jax.random.key(0), IMAGE)
@@ -33,10 +51,10 @@ def run(devices, steps=3):
   return jax.device_get(state), step_fn.trace_count[0]
 
 
-def main():
+def main(kind):
   assert jax.device_count() == 8, jax.devices()
-  one, _ = run(jax.devices()[:1])
-  eight, traces = run(jax.devices())
+  one, _ = run(jax.devices()[:1], kind)
+  eight, traces = run(jax.devices(), kind)
   diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a, np.float64) - b))),
                        one.params, eight.params)
   bank_diff = float(np.max(np.abs(one.banks.feats - eight.banks.feats)))
@@ -46,4 +64,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  main(sys.argv[1] if len(sys.argv) > 1 else 'tiny')

@@ -60,3 +60,6 @@ def test_unknown_key_and_split_fail_with_the_valid_ones():
   with pytest.raises(ValueError, match="Bad value for config key 'num_pairs'"):
     cityscapes.get_config('num_pairs=two')
   assert common.split_arg('1_8,a=1') == ('1_8', ['a=1'])
+  assert common.split_arg('a=(1,2),1_8,b=[3, 4]') == ('1_8', ['a=(1,2)', 'b=[3, 4]'])
+  for text in ('96x128', '(96, 128)', '96:128'):
+    assert cityscapes.get_config(f'1_8,data.crop_size={text}').data.crop_size == (96, 128)

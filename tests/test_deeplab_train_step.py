@@ -8,7 +8,8 @@ import pytest
 
 from ctt_jax import train_state, train_step
 from ctt_jax.models import get_model, weights
-from tests.test_models import random_variables, shapes_of
+from ctt_jax.models.testing import random_variables
+from tests.test_models import shapes_of
 from tests.train_helpers import make_batch, tiny_config
 
 

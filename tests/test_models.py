@@ -17,6 +17,7 @@ import pytest
 from configs.common import base_config
 from ctt_jax.models import get_model, layers, weights
 from ctt_jax.models.resnet import ResNet
+from ctt_jax.models.testing import random_variables
 
 
 def model_config(name='deeplabv2', backbone='resnet18', layout='torchvision', os_=8,
@@ -34,21 +35,6 @@ def shapes_of(model, size=(65, 65)):
   variables = jax.eval_shape(lambda r, x: model.init(r, x), jax.random.key(0), x)
   out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
   return variables, out
-
-
-def random_variables(shapes, seed=0):
-  """Variables with O(1) activations: scaled normal kernels, BN stats near (0, 1)."""
-  rng = np.random.default_rng(seed)
-  def draw(path, s):
-    name = path[-1].key
-    if name == 'kernel':
-      value = rng.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1]))
-    elif name in ('scale', 'var'):
-      value = rng.uniform(0.5, 1.5, s.shape)
-    else:
-      value = rng.normal(0, 0.1, s.shape)
-    return value.astype(np.float32)
-  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 @pytest.mark.parametrize('name,output_stride,expected', [

@@ -4,11 +4,14 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def test_one_device_and_eight_fake_devices_agree():
-  proc = subprocess.run([sys.executable, os.path.join(HERE, 'sharded_step_check.py')],
+@pytest.mark.parametrize('kind', ['tiny', 'deeplab_im2col'])
+def test_one_device_and_eight_fake_devices_agree(kind):
+  proc = subprocess.run([sys.executable, os.path.join(HERE, 'sharded_step_check.py'), kind],
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   found = re.search(r'max_param_diff=(\S+) max_bank_diff=(\S+) traces=(\d+)', proc.stdout)

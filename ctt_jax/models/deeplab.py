@@ -33,6 +33,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from ctt_jax.models import fast_conv
 from ctt_jax.models.layers import ConvBN, batch_norm, conv, resize_bilinear
 from ctt_jax.models.resnet import ResNet, check_backbone_config, scale_width
 
@@ -46,12 +47,13 @@ class ASPPV2(nn.Module):
   num_classes: int
   rates: tuple[int, ...] = ASPP_V2_RATES
   dtype: Any = jnp.float32
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x):
     return sum(
         conv(self.num_classes, 3, dilation=r, use_bias=True, dtype=self.dtype,
-             kernel_init=classifier_init, name=f'conv{i}')(x)
+             kernel_init=classifier_init, impl=self.conv_impl, name=f'conv{i}')(x)
         for i, r in enumerate(self.rates))
 
 
@@ -62,11 +64,12 @@ class ASPP(nn.Module):
   rates: tuple[int, int, int]
   use_running_average: bool
   dtype: Any = jnp.float32
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x):
     branch = lambda k, d, name: ConvBN(self.features, k, d, True, self.use_running_average,
-                                       self.dtype, name=name)
+                                       self.dtype, self.conv_impl, name=name)
     outs = [branch(1, 1, 'b0')(x)]
     outs += [branch(3, r, f'b{i + 1}')(x) for i, r in enumerate(self.rates)]
     pooled = branch(1, 1, 'pool')(jnp.mean(x, axis=(1, 2), keepdims=True))
@@ -81,16 +84,17 @@ class Decoder(nn.Module):
   low_level: int
   use_running_average: bool
   dtype: Any = jnp.float32
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, high, low):
     low = ConvBN(self.low_level, 1, 1, True, self.use_running_average, self.dtype,
-                 name='reduce')(low)
+                 self.conv_impl, name='reduce')(low)
     high = resize_bilinear(high, low.shape[1:3], align_corners=True)
     x = jnp.concatenate([low, high], axis=-1)
     for name in ('fuse1', 'fuse2'):
       x = ConvBN(self.features, 3, 1, True, self.use_running_average, self.dtype,
-                 name=name)(x)
+                 self.conv_impl, name=name)(x)
     return x
 
 
@@ -124,26 +128,29 @@ class DeepLab(nn.Module):
   projection_dim: int = 0
   freeze_bn: bool = True
   dtype: Any = jnp.float32
+  conv_impl: str = 'xla'  # k x k convolutions: 'xla' | 'im2col' | 'auto' (layers.conv)
 
   @nn.compact
   def __call__(self, images, train: bool = False):
     use_running_average = (not train) or self.freeze_bn
     stages = ResNet(self.backbone_name, self.layout, self.output_stride,
-                    self.width_multiplier, self.freeze_bn, self.dtype,
+                    self.width_multiplier, self.freeze_bn, self.dtype, self.conv_impl,
                     name='backbone')(images, train)
     if self.head == 'deeplabv2':
       features = ConvBN(self.feature_dim, 1, 1, True, use_running_average, self.dtype,
-                        name='bottleneck')(stages['layer4'])
-      logits = ASPPV2(self.num_classes, dtype=self.dtype, name='classifier')(features)
+                        self.conv_impl, name='bottleneck')(stages['layer4'])
+      logits = ASPPV2(self.num_classes, dtype=self.dtype, conv_impl=self.conv_impl,
+                      name='classifier')(features)
     elif self.head == 'deeplabv3plus':
       rates = tuple(r * 16 // self.output_stride for r in (6, 12, 18))
       high = ASPP(scale_width(256, self.width_multiplier), rates, use_running_average,
-                  self.dtype, name='aspp')(stages['layer4'])
+                  self.dtype, self.conv_impl, name='aspp')(stages['layer4'])
       features = Decoder(self.feature_dim, scale_width(48, self.width_multiplier),
-                         use_running_average, self.dtype,
+                         use_running_average, self.dtype, self.conv_impl,
                          name='decoder')(high, stages['layer1'])
       logits = conv(self.num_classes, 1, use_bias=True, dtype=self.dtype,
-                    kernel_init=classifier_init, name='classifier')(features)
+                    kernel_init=classifier_init, impl=self.conv_impl,
+                    name='classifier')(features)
     else:
       raise ValueError(f'Unknown DeepLab head {self.head!r}; valid: deeplabv2, '
                        'deeplabv3plus.')
@@ -170,4 +177,6 @@ def build_deeplab(model_config: ml_collections.ConfigDict, num_classes: int) -> 
       projection_dim=int(model_config.projection_dim),
       freeze_bn=bool(model_config.freeze_bn),
       dtype=jnp.bfloat16 if model_config.dtype == 'bfloat16' else jnp.float32,
+      # Configs written before the key existed get the default.
+      conv_impl=fast_conv.check_conv_impl(model_config.get('conv_impl', 'auto')),
   )

@@ -7,7 +7,9 @@ Conventions (all chosen so that PyTorch weights import with identical outputs):
 - 1x1 convolutions are einsums (`Conv1x1`): XLA:CPU computes their weight gradient ~3x
   faster that way than as a convolution (docs: /work/shared/ENVIRONMENT.md). The kernel is
   still stored conv-shaped (1, 1, in, out) so weight import treats every conv alike.
-- BatchNorm uses PyTorch's epsilon 1e-5 and momentum 0.1 (Flax momentum 0.9).
+- `model.conv_impl` (`conv(..., impl=...)`): 'xla' is `nn.Conv` / einsum; 'im2col' is
+  `fast_conv` (same parameters and forward values, a backward pass that XLA:CPU runs
+  faster); 'auto' is 'im2col' on CPU and 'xla' on accelerators.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ctt_jax.models import fast_conv
+
 # He-normal on fan-out, as torchvision initialises ResNet convolutions.
 he_normal = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
@@ -26,13 +30,16 @@ class Conv1x1(nn.Module):
   """1x1 convolution as an einsum. [B, H, W, Cin] -> [B, ceil(H/s), ceil(W/s), features].
 
   A strided 1x1 convolution (PyTorch: kernel 1, stride s, no padding) reads pixels
-  0, s, 2s, ...: that is a subsample followed by the einsum.
+  0, s, 2s, ...: that is a subsample followed by the einsum. With `impl` resolving to
+  'im2col' (CPU) the einsum is `fast_conv.dense`, whose kernel gradient avoids XLA:CPU's
+  slow fused transposes.
   """
   features: int
   stride: int = 1
   use_bias: bool = False
   dtype: Any = jnp.float32
   kernel_init: Callable = he_normal
+  impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x):
@@ -40,7 +47,11 @@ class Conv1x1(nn.Module):
       x = x[:, ::self.stride, ::self.stride, :]
     kernel = self.param('kernel', self.kernel_init, (1, 1, x.shape[-1], self.features),
                         jnp.float32)
-    y = jnp.einsum('bhwc,cd->bhwd', x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+    x, kernel = x.astype(self.dtype), kernel[0, 0].astype(self.dtype)
+    if fast_conv.resolve_conv_impl(self.impl) == 'xla':
+      y = jnp.einsum('bhwc,cd->bhwd', x, kernel)
+    else:
+      y = fast_conv.dense(x, kernel)
     if self.use_bias:
       bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
       y = y + bias.astype(self.dtype)
@@ -49,15 +60,22 @@ class Conv1x1(nn.Module):
 
 def conv(features: int, kernel_size: int, *, stride: int = 1, dilation: int = 1,
          use_bias: bool = False, dtype: Any = jnp.float32, name: str | None = None,
-         kernel_init: Callable = he_normal) -> nn.Module:
+         kernel_init: Callable = he_normal, impl: str = 'xla') -> nn.Module:
   """A k x k convolution padded like PyTorch (`padding=dilation*(k-1)//2`).
 
   Returns a `Conv1x1` for k == 1 (always undilated, so `dilation` is ignored there).
+  `impl` is `model.conv_impl`: 'xla' (`nn.Conv`), 'im2col' (`fast_conv.PatchConv`) or
+  'auto' ('im2col' on CPU, 'xla' on accelerators).
   """
+  impl = fast_conv.check_conv_impl(impl)
   if kernel_size == 1:
     return Conv1x1(features, stride=stride, use_bias=use_bias, dtype=dtype,
-                   kernel_init=kernel_init, name=name)
+                   kernel_init=kernel_init, impl=impl, name=name)
   pad = dilation * (kernel_size - 1) // 2
+  if fast_conv.resolve_conv_impl(impl) == 'im2col':
+    return fast_conv.PatchConv(features, kernel_size, stride=stride, dilation=dilation,
+                               padding=pad, use_bias=use_bias, dtype=dtype,
+                               kernel_init=kernel_init, name=name)
   return nn.Conv(features, (kernel_size, kernel_size), strides=stride,
                  padding=((pad, pad), (pad, pad)), kernel_dilation=dilation,
                  use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
@@ -65,9 +83,16 @@ def conv(features: int, kernel_size: int, *, stride: int = 1, dilation: int = 1,
 
 
 def batch_norm(use_running_average: bool, dtype: Any, name: str) -> nn.BatchNorm:
-  """BatchNorm with PyTorch's defaults; statistics in float32 even for bf16 compute."""
+  """BatchNorm with PyTorch's defaults; statistics in float32 even for bf16 compute.
+
+  Two-pass variance (mean of (x - mean)^2), as PyTorch: Flax's default E[x^2] - E[x]^2
+  cancels catastrophically when |mean| >> std, so the summation order alone (1 vs 8
+  devices, or one CPU vs another) changed a trained-BN step's update by ~10%
+  (tests/test_sharding.py).
+  """
   return nn.BatchNorm(use_running_average=use_running_average, momentum=0.9,
-                      epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, name=name)
+                      epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32,
+                      use_fast_variance=False, name=name)
 
 
 class ConvBN(nn.Module):
@@ -78,11 +103,12 @@ class ConvBN(nn.Module):
   relu: bool = True
   use_running_average: bool = True
   dtype: Any = jnp.float32
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x):
     x = conv(self.features, self.kernel_size, dilation=self.dilation, dtype=self.dtype,
-             name='conv')(x)
+             impl=self.conv_impl, name='conv')(x)
     x = batch_norm(self.use_running_average, self.dtype, 'bn')(x)
     return nn.relu(x) if self.relu else x
 

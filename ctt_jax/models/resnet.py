@@ -27,6 +27,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ctt_jax.models import fast_conv
 from ctt_jax.models.layers import batch_norm, conv, max_pool_3x3_s2
 
 LAYOUTS = ('torchvision', 'caffe', 'v1c', 'deepbase')
@@ -72,21 +73,23 @@ class BasicBlock(nn.Module):
   downsample: bool
   use_running_average: bool
   dtype: Any
+  conv_impl: str = 'xla'
   expansion = 1
 
   @nn.compact
   def __call__(self, x):
     bn = lambda name: batch_norm(self.use_running_average, self.dtype, name)
     out = conv(self.planes, 3, stride=self.stride, dilation=self.first_dilation,
-               dtype=self.dtype, name='conv1')(x)
+               dtype=self.dtype, impl=self.conv_impl, name='conv1')(x)
     out = nn.relu(bn('bn1')(out))
-    out = conv(self.planes, 3, dilation=self.dilation, dtype=self.dtype, name='conv2')(out)
+    out = conv(self.planes, 3, dilation=self.dilation, dtype=self.dtype,
+               impl=self.conv_impl, name='conv2')(out)
     out = bn('bn2')(out)
     if self.downsample:
       x = conv(self.planes, 1, stride=self.stride, dtype=self.dtype,
-               name='downsample_conv')(x)
+               impl=self.conv_impl, name='downsample_conv')(x)
       x = bn('downsample_bn')(x)
-    return nn.relu(out + x)
+    return fast_conv.materialize(nn.relu(out + x), self.conv_impl)
 
 
 class Bottleneck(nn.Module):
@@ -102,24 +105,27 @@ class Bottleneck(nn.Module):
   stride_on_1x1: bool
   use_running_average: bool
   dtype: Any
+  conv_impl: str = 'xla'
   expansion = 4
 
   @nn.compact
   def __call__(self, x):
     bn = lambda name: batch_norm(self.use_running_average, self.dtype, name)
     s1, s3 = (self.stride, 1) if self.stride_on_1x1 else (1, self.stride)
-    out = conv(self.planes, 1, stride=s1, dtype=self.dtype, name='conv1')(x)
+    out = conv(self.planes, 1, stride=s1, dtype=self.dtype, impl=self.conv_impl,
+               name='conv1')(x)
     out = nn.relu(bn('bn1')(out))
     out = conv(self.planes, 3, stride=s3, dilation=self.first_dilation, dtype=self.dtype,
-               name='conv2')(out)
+               impl=self.conv_impl, name='conv2')(out)
     out = nn.relu(bn('bn2')(out))
-    out = conv(self.planes * 4, 1, dtype=self.dtype, name='conv3')(out)
+    out = conv(self.planes * 4, 1, dtype=self.dtype, impl=self.conv_impl,
+               name='conv3')(out)
     out = bn('bn3')(out)
     if self.downsample:
       x = conv(self.planes * 4, 1, stride=self.stride, dtype=self.dtype,
-               name='downsample_conv')(x)
+               impl=self.conv_impl, name='downsample_conv')(x)
       x = bn('downsample_bn')(x)
-    return nn.relu(out + x)
+    return fast_conv.materialize(nn.relu(out + x), self.conv_impl)
 
 
 class ResNet(nn.Module):
@@ -130,6 +136,7 @@ class ResNet(nn.Module):
   width_multiplier: float = 1.0
   freeze_bn: bool = True
   dtype: Any = jnp.float32
+  conv_impl: str = 'xla'  # k x k convolutions: 'xla' | 'im2col' | 'auto' (layers.conv)
 
   @nn.compact
   def __call__(self, x, train: bool = False) -> dict:
@@ -142,12 +149,13 @@ class ResNet(nn.Module):
 
     stem = STEM_WIDTHS[self.layout]
     if stem is None:
-      x = conv(width(64), 7, stride=2, dtype=self.dtype, name='conv1')(x)
+      x = conv(width(64), 7, stride=2, dtype=self.dtype, impl=self.conv_impl,
+               name='conv1')(x)
       x = nn.relu(bn('bn1')(x))
     else:
       for i, channels in enumerate(stem):
         x = conv(width(channels), 3, stride=2 if i == 0 else 1, dtype=self.dtype,
-                 name=f'stem_conv{i + 1}')(x)
+                 impl=self.conv_impl, name=f'stem_conv{i + 1}')(x)
         x = nn.relu(bn(f'stem_bn{i + 1}')(x))
     x = max_pool_3x3_s2(x, ceil_mode=self.layout == 'caffe')
 
@@ -168,6 +176,7 @@ class ResNet(nn.Module):
             first_dilation=first_dilation if b == 0 else dilation,
             use_running_average=use_running_average,
             dtype=self.dtype,
+            conv_impl=self.conv_impl,
             name=f'layer{stage + 1}_{b}')
         if block_type == 'bottleneck':
           block = Bottleneck(

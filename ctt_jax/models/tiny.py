@@ -16,7 +16,9 @@ class _Backbone(nn.Module):
       x = nn.Conv(features, (3, 3), strides=stride, use_bias=not self.use_batch_norm,
                   name=f'conv{i}')(x)
       if self.use_batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f'bn{i}')(x)
+        # Two-pass variance, as layers.batch_norm (why: there).
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, use_fast_variance=False,
+                         name=f'bn{i}')(x)
       x = nn.relu(x)
     return x
 

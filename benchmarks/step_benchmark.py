@@ -1,0 +1,246 @@
+"""The ctt-jax train step against PyTorch on the same CPU, in one run, side by side.
+
+    python benchmarks/step_benchmark.py            # the full table (~25 min on 2 cores, ~17 GB RAM)
+    python benchmarks/step_benchmark.py --quick    # tiny backbone and shapes (~1 min)
+
+Rows (each printed with its ratio against its target; see benchmarks/README.md):
+  supervised step  DeepLabV2-R101 (caffe, output stride 8, frozen BN), batch 2, 19 classes:
+                   `make_train_step(method=supervised, num_pairs=1)` (SGD update included)
+                   vs the torch.nn reference net of tests/torch_reference_nets.py with
+                   SGD(momentum, weight decay); at 256x512 and 64x128. Target <= 0.8x.
+  CTT machinery    the full CTT step (2 pairs, HC + LC on, banks full) vs the same step
+                   with use_hc=False, use_lc=False, bank_push='none'. Target <= 5%.
+  throughput       XLA cost-analysis FLOPs of the supervised 256x512 step / its median
+                   time, against a float32 4096^2 matmul measured in this run.
+                   Target >= 60% of the jnp matmul.
+  memory           XLA memory analysis of each compiled step (arguments + outputs + temps),
+                   and the peak RSS growth of a supervised step, each framework in a
+                   fresh process (benchmarks/memory_probe.py).
+  eval             forward passes in eval mode, batch 2, images/s, both frameworks.
+
+Both frameworks use the same threads: `--threads N` (default: every CPU this process may
+run on) pins the process to N CPUs, which is how XLA:CPU sizes its intra-op thread pool,
+and sets torch.set_num_threads(N). Steps of the two frameworks alternate, so a change of
+machine load hits both; times are medians of `--steps` steps after one untimed step.
+Results: benchmarks/results/step_benchmark{,_quick}.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--quick', action='store_true',
+                      help='ResNet-18 at width 1/4 on tiny shapes: checks the script only')
+  parser.add_argument('--threads', type=int, default=0,
+                      help='CPUs for both frameworks (0: all schedulable CPUs)')
+  parser.add_argument('--steps', type=int, default=0, help='timed steps per row (>= 5)')
+  parser.add_argument('--conv_impl', default='auto', help='model.conv_impl of ctt-jax')
+  parser.add_argument('--sizes', default='', help='supervised rows, e.g. 256x512,64x128')
+  parser.add_argument('--ctt_size', default='', help='CTT rows size, e.g. 256x512')
+  parser.add_argument('--ctt_steps', type=int, default=0, help='timed CTT steps (>= 5)')
+  parser.add_argument('--ctt_breakdown', action='store_true',
+                      help='also time CTT with HC/LC off but the bank push on')
+  parser.add_argument('--eval_size', default='', help='eval rows size, e.g. 512x1024')
+  parser.add_argument('--skip', default='', help='comma list of: sup,ctt,eval,memory')
+  parser.add_argument('--out', default='', help='results path without extension')
+  parser.add_argument('--update', action='store_true',
+                      help='load the results at --out (or the default path) and redo only '
+                           'the sections not skipped, e.g. --update --skip ctt,eval,memory')
+  return parser.parse_args(argv)
+
+
+ARGS = parse_args()
+if ARGS.threads:
+  os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:ARGS.threads])
+THREADS = len(os.sched_getaffinity(0))
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import json
+import platform
+import subprocess
+import time
+
+import jax
+import torch
+
+from benchmarks import bench_utils as bu
+from benchmarks import torch_step
+
+torch.set_num_threads(THREADS)
+
+
+# --- what is measured -------------------------------------------------------------------
+def settings(args):
+  """Model, shapes and step counts of a full or a --quick run."""
+  size = lambda text: tuple(int(v) for v in text.split('x'))
+  if args.quick:
+    s = dict(backbone='resnet18', width_multiplier=0.25, sizes=[(32, 64)],
+             ctt_size=(32, 64), eval_size=(32, 64), steps=5, ctt_steps=5)
+  else:
+    s = dict(backbone='resnet101', width_multiplier=1.0, sizes=[(256, 512), (64, 128)],
+             ctt_size=(256, 512), eval_size=(512, 1024), steps=7, ctt_steps=5)
+  if args.sizes:
+    s['sizes'] = [size(t) for t in args.sizes.split(',')]
+  if args.ctt_size:
+    s['ctt_size'] = size(args.ctt_size)
+  if args.eval_size:
+    s['eval_size'] = size(args.eval_size)
+  s['steps'] = max(5, args.steps or s['steps'])
+  s['ctt_steps'] = max(5, args.ctt_steps or s['ctt_steps'])
+  return s
+
+
+def supervised_row(s, size, results):
+  """ctt-jax vs PyTorch supervised step at `size`, steps alternating."""
+  config = bu.make_config(s, 'supervised', num_pairs=1, conv_impl=ARGS.conv_impl)
+  jax_step = bu.JaxStep(config, size)
+  torch_run = torch_step.TorchStep(config, size, seed=0)
+  bu.log(f'supervised {size}: compiled in {jax_step.compile_s:.1f}s, '
+         f'{jax_step.flops / 1e9:.1f} GFLOP')
+  times = bu.alternate({'jax': jax_step, 'torch': torch_run}, s['steps'])
+  row = {
+      'size': size, 'jax_s': bu.median(times['jax']), 'torch_s': bu.median(times['torch']),
+      'jax_times': times['jax'], 'torch_times': times['torch'],
+      'jax_compile_s': jax_step.compile_s, 'flops': jax_step.flops,
+      'jax_memory': jax_step.memory, 'jax_rss_growth': jax_step.rss_growth,
+      'torch_rss_growth': torch_run.rss_growth,
+  }
+  row['ratio'] = row['jax_s'] / row['torch_s']
+  results['supervised'].append(row)
+  del jax_step, torch_run
+
+
+def ctt_rows(s, results):
+  """Full CTT step vs the step without HC, LC and bank pushes (and optionally the middle)."""
+  variants = {'full': {}, 'base': dict(use_hc=False, use_lc=False, bank_push='none')}
+  if ARGS.ctt_breakdown:
+    variants['no_contrastive'] = dict(use_hc=False, use_lc=False)
+  steps = {}
+  for name, overrides in variants.items():
+    config = bu.make_config(s, 'ctt', num_pairs=2, conv_impl=ARGS.conv_impl, **overrides)
+    steps[name] = bu.JaxStep(config, s['ctt_size'], fill_banks=True)
+    bu.log(f'ctt {name}: compiled in {steps[name].compile_s:.1f}s, '
+           f'{steps[name].flops / 1e9:.1f} GFLOP')
+  times = bu.alternate(steps, s['ctt_steps'])
+  row = {'size': s['ctt_size'], 'steps': s['ctt_steps']}
+  for name, step in steps.items():
+    row[name] = {'median_s': bu.median(times[name]), 'times': times[name],
+                 'compile_s': step.compile_s, 'flops': step.flops, 'memory': step.memory,
+                 'rss_growth': step.rss_growth}
+  row['overhead'] = row['full']['median_s'] / row['base']['median_s'] - 1.0
+  results['ctt'] = row
+
+
+def eval_row(s, results):
+  config = bu.make_config(s, 'supervised', num_pairs=1, conv_impl=ARGS.conv_impl)
+  jax_eval = bu.JaxEval(config, s['eval_size'])
+  torch_eval = torch_step.TorchEval(config, s['eval_size'])
+  times = bu.alternate({'jax': jax_eval, 'torch': torch_eval}, s['steps'])
+  batch = jax_eval.batch_size
+  results['eval'] = {
+      'size': s['eval_size'], 'batch': batch,
+      'jax_images_per_s': batch / bu.median(times['jax']),
+      'torch_images_per_s': batch / bu.median(times['torch']),
+      'jax_times': times['jax'], 'torch_times': times['torch'],
+  }
+
+
+def memory_rows(s, results):
+  """Peak RSS growth of a supervised step, each framework in a fresh process
+  (benchmarks/memory_probe.py), at every supervised size."""
+  probe = os.path.join(ROOT, 'benchmarks', 'memory_probe.py')
+  rows = []
+  for size in s['sizes']:
+    row = {'size': size}
+    for framework in ('jax', 'torch'):
+      out = subprocess.run(
+          [sys.executable, probe, '--framework', framework, '--size', 'x'.join(map(str, size)),
+           '--backbone', s['backbone'], '--width_multiplier', str(s['width_multiplier']),
+           '--conv_impl', ARGS.conv_impl], capture_output=True, text=True, check=True)
+      row[framework] = json.loads(out.stdout.strip().split('\n')[-1])
+      bu.log(f'memory {size} {framework}: RSS growth '
+             f'{row[framework]["growth"] / 2**20:.0f} MiB')
+    rows.append(row)
+  results['memory_probe'] = rows
+
+
+def section(name: str, results: dict, fn, *args):
+  """Runs one section, recording when and under which load average it ran."""
+  start = (time.strftime('%H:%M:%S'), os.getloadavg())
+  fn(*args)
+  results.setdefault('sections', {})[name] = {
+      'start': start[0], 'load_start': start[1],
+      'end': time.strftime('%H:%M:%S'), 'load_end': os.getloadavg()}
+
+
+def supervised_rows(s, results):
+  results['supervised'] = []
+  for size in s['sizes']:
+    supervised_row(s, size, results)
+
+
+def main():
+  s = settings(ARGS)
+  skip = set(filter(None, ARGS.skip.split(',')))
+  out = ARGS.out or os.path.join(ROOT, 'benchmarks', 'results',
+                                 'step_benchmark_quick' if ARGS.quick else 'step_benchmark')
+  if ARGS.update:
+    # Redo some sections of an earlier run (e.g. rows a burst of machine load disturbed);
+    # each section keeps its own time and load average in results['sections'].
+    with open(out + '.json') as f:
+      results = json.load(f)
+    results['updated'] = time.strftime('%Y-%m-%d %H:%M:%S %Z')
+  else:
+    results = {
+        'started': time.strftime('%Y-%m-%d %H:%M:%S %Z'), 'quick': ARGS.quick,
+        'machine': {'cpu': bu.cpu_name(), 'cpus_used': THREADS,
+                    'cpu_count': os.cpu_count(), 'python': platform.python_version(),
+                    'jax': jax.__version__, 'torch': torch.__version__,
+                    'torch_threads': torch.get_num_threads(),
+                    'xla_flags': os.environ.get('XLA_FLAGS', '')},
+        'load_average_start': os.getloadavg(),
+        'settings': {k: v for k, v in s.items()}, 'conv_impl': ARGS.conv_impl,
+        'supervised': [],
+    }
+  bu.log(f'load average {os.getloadavg()}, {THREADS} threads, {s}')
+  if 'sup' not in skip or not ARGS.update:
+    # The matmul peak is measured with the supervised rows it is compared with.
+    section('matmul', results, lambda: results.update(
+        matmul=bu.matmul_peak(n=1024 if ARGS.quick else 4096)))
+    bu.log(f'matmul GFLOP/s: {results["matmul"]}')
+  if 'sup' not in skip:
+    section('sup', results, supervised_rows, s, results)
+  if 'ctt' not in skip:
+    section('ctt', results, ctt_rows, s, results)
+  if 'eval' not in skip:
+    section('eval', results, eval_row, s, results)
+  if not ARGS.update:
+    results['load_average_end'] = os.getloadavg()
+    results['finished'] = time.strftime('%Y-%m-%d %H:%M:%S %Z')
+  if 'memory' not in skip:  # after the timed rows: its processes would disturb them
+    section('memory', results, memory_rows, s, results)
+  write(results, out)
+
+
+def write(results: dict, out: str):
+  results['rows'] = bu.target_rows(results)
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out + '.json', 'w') as f:
+    json.dump(results, f, indent=1, default=bu.json_default)
+  table = bu.markdown(results)
+  with open(out + '.md', 'w') as f:
+    f.write(table)
+  print(table)
+  bu.log(f'wrote {out}.json and {out}.md')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,236 @@
+"""Convolutions with a backward pass written as matrix products, for XLA:CPU.
+
+Why (measured on 2 AMD EPYC cores, benchmarks/README.md): XLA:CPU runs a convolution's
+forward pass and input gradient at 100-130 GFLOP/s, within ~20% of PyTorch, but its
+kernel gradient (a convolution with batch and feature dimensions swapped, whose
+contraction dimension is the batch of 2) at a third of that. Three more XLA:CPU habits
+cost time in a ResNet step, and this module works around each:
+- the kernel gradient of a matmul (x^T dy) contracts the pixel axis, the major axis of
+  both operands; XLA then transposes one operand in a loop fused with its elementwise
+  producer, ~7x slower than a plain transpose (`transposed`);
+- it duplicates cheap elementwise producers into every consumer, so along a ResNet
+  stage's residual stream each block re-evaluated all earlier blocks' BN + add + ReLU
+  (`materialize`);
+- it concatenates many slabs slowly (< 1 GB/s), so im2col patches stay separate taps.
+
+`conv2d(x, kernel, stride, dilation, padding)` equals
+`lax.conv_general_dilated(x, kernel, (s, s), ((p, p), (p, p)), rhs_dilation=(d, d))` on
+NHWC / HWIO arrays, forward values bit for bit; only the kernel gradient differs
+(a `jax.custom_vjp`), in summation order:
+
+  forward         y   = conv(x, W)                       XLA's convolution
+  input grad      dx  = conv_transpose(dy, W)            XLA's (as jax.grad would)
+  kernel grad     dW_t = (dy^T [Cout, K] . tap_t(x) [K, Cin])^T  k*k matmuls, K = B*Ho*Wo
+
+tap_t(x) is tap t = (i, j) of the zero-padded input: rows i*d + s*r, columns j*d + s*c
+for output pixel (r, c), a strided slice. Any stride and dilation works.
+`dense(x, kernel)` is the same idea for 1x1 convolutions (layers.Conv1x1).
+
+Model switch: `model.conv_impl` ('auto' | 'xla' | 'im2col', configs/common.py). 'xla' is
+the standard graph (nn.Conv, einsum); 'im2col' uses this module; 'auto' is 'im2col' on
+CPU and 'xla' on GPU/TPU, whose numerics and graph stay untouched. Parameters are the
+same either way (`PatchConv` has nn.Conv's `kernel` and `bias`).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+CONV_IMPLS = ('auto', 'xla', 'im2col')
+
+
+def check_conv_impl(impl: str) -> str:
+  if impl not in CONV_IMPLS:
+    raise ValueError(f'Unknown model.conv_impl {impl!r}; valid: {", ".join(CONV_IMPLS)}.')
+  return impl
+
+
+def resolve_conv_impl(impl: str) -> str:
+  """'auto' -> 'im2col' on CPU, 'xla' on accelerators; 'xla' and 'im2col' pass through."""
+  if check_conv_impl(impl) == 'auto':
+    return 'im2col' if jax.default_backend() == 'cpu' else 'xla'
+  return impl
+
+
+# --- XLA:CPU workarounds ------------------------------------------------------------------
+def stored(x: jax.Array, after: jax.Array | None = None) -> jax.Array:
+  """`x` bit for bit, as a value XLA:CPU computes once and keeps in memory; with `after`,
+  also one it cannot compute before `after` exists.
+
+  XLA:CPU duplicates cheap elementwise producers into each consumer, and drops
+  optimisation barriers before fusing; it never duplicates a float division. Dividing by
+  a runtime 1.0, which the compiler cannot fold (0 * y[0] is not simplified for floats),
+  is exact. (If that element is inf or NaN the result is all NaN; such a step is
+  rejected by the train step's finite-loss check anyway.) No gradient enters the divisor.
+  With the batch sharded over several CPU devices the scalar comes from the first shard
+  (a broadcast of one element per call); reading it per batch row instead avoids that
+  but made the 128x256 DeepLabV2-R101 supervised step 6% slower (3.09 vs 2.91 s,
+  alternating, load ~4), so the scalar stays: accelerators take the 'xla' path and never
+  run this.
+  """
+  source = x if after is None else after
+  one = lax.stop_gradient(1.0 + 0.0 * source.reshape(-1)[0].astype(x.dtype))
+  return x / one
+
+
+def materialize(x: jax.Array, impl: str) -> jax.Array:
+  """A ResNet block's output, stored rather than re-evaluated by later blocks.
+
+  Without it XLA:CPU fused the residual stream of a stage into each consumer: one fusion
+  of DeepLabV2-R101 held all 23 ReLUs of layer3, ~7 evaluations per ReLU in all. Only on
+  the CPU path (`impl` resolving to 'im2col'); accelerators keep their graph.
+  """
+  if resolve_conv_impl(impl) == 'xla':
+    return x
+  return stored(x)
+
+
+def transposed(x2: jax.Array) -> jax.Array:
+  """[K, C] -> [C, K] from a stored copy of `x2`: a plain transpose, which XLA:CPU runs as
+  a tiled copy. Left alone, XLA fuses the elementwise producer into a strided transposing
+  loop, ~7x slower (38 vs 5.8 ms for 17.6 MB here)."""
+  return stored(x2).T
+
+
+# --- k x k convolution ----------------------------------------------------------------------
+def _out_size(n: int, k: int, stride: int, dilation: int, pad: int) -> int:
+  return (n + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+
+
+def xla_conv(x, kernel, stride: int, dilation: int, padding: int):
+  """lax.conv_general_dilated with PyTorch-style symmetric padding, NHWC / HWIO."""
+  return lax.conv_general_dilated(
+      x, kernel, (stride, stride), ((padding, padding), (padding, padding)),
+      rhs_dilation=(dilation, dilation), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def taps(x: jax.Array, ksize: int, stride: int, dilation: int, padding: int,
+         out_hw: tuple[int, int]) -> list[jax.Array]:
+  """The k*k shifted views of the zero-padded input, each [B, Ho, Wo, C], (row, col) order.
+
+  Tap (i, j) holds the padded input at rows i*d + s*r and columns j*d + s*c of output pixel
+  (r, c): a strided slice. They stay separate: XLA:CPU's concatenate of 9 slabs ran at
+  < 1 GB/s, slower than the 9 matmuls that follow.
+  """
+  ho, wo = out_hw
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  out = []
+  for i in range(ksize):
+    for j in range(ksize):
+      r0, c0 = i * dilation, j * dilation
+      out.append(lax.slice(
+          xp, (0, r0, c0, 0),
+          (xp.shape[0], r0 + stride * (ho - 1) + 1, c0 + stride * (wo - 1) + 1, xp.shape[3]),
+          (1, stride, stride, 1)))
+  return out
+
+
+def kernel_grad(x, dy, ksize: int, stride: int, dilation: int, padding: int):
+  """dW [k, k, Cin, Cout]: per tap t, the sum over output pixels of tap_t(x)^T dy.
+
+  x: [B, H, W, Cin]; dy: [B, Ho, Wo, Cout]. dy is transposed once to [Cout, K] and each
+  tap enters as it is: dW_t^T = dy^T [Cout, K] . tap_t [K, Cin], a plain matmul.
+  """
+  cout, cin = dy.shape[-1], x.shape[-1]
+  # Taps depend on x only, so XLA scheduled them early, holding k*k copies of every
+  # layer's input through the backward pass (+40% temporary memory); tied to dy they
+  # are made when this layer's gradient is.
+  x = stored(x, after=dy)
+  tap_list = taps(x, ksize, stride, dilation, padding, dy.shape[1:3])
+  dy_t = transposed(dy.reshape(-1, cout))
+  if cin < 16:
+    # Few input channels (the RGB stem): k*k matmuls of width Cin waste the matmul
+    # kernel; one over the concatenated taps [K, k*k*Cin] is faster (54 vs 133 ms for the
+    # 7x7 stem at 256x512; XLA's own kernel gradient 72 ms).
+    cols = jnp.concatenate(tap_list, axis=-1).reshape(-1, ksize * ksize * cin)
+    return (dy_t @ cols).reshape(cout, ksize, ksize, cin).transpose(1, 2, 3, 0)
+  grads = [dy_t @ tap.reshape(-1, cin) for tap in tap_list]  # [Cout, Cin] each
+  return jnp.stack(grads).reshape(ksize, ksize, cout, cin).transpose(0, 1, 3, 2)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, dilation: int = 1,
+           padding: int = 0) -> jax.Array:
+  """Square-kernel convolution [B, H, W, Cin] x [k, k, Cin, Cout] -> [B, Ho, Wo, Cout],
+  Ho = (H + 2p - d(k-1) - 1) // s + 1, with the kernel gradient of `kernel_grad`.
+
+  stride, dilation, padding: Python ints (symmetric zero padding, as PyTorch's Conv2d).
+  """
+  return xla_conv(x, kernel, stride, dilation, padding)
+
+
+def _conv2d_fwd(x, kernel, stride, dilation, padding):
+  return xla_conv(x, kernel, stride, dilation, padding), (x, kernel)
+
+
+def _conv2d_bwd(stride, dilation, padding, residuals, dy):
+  x, kernel = residuals
+  d_kernel = kernel_grad(x, dy.astype(x.dtype), kernel.shape[0], stride, dilation, padding)
+  # The input gradient is XLA's own (its transposed convolution runs near matmul speed).
+  _, vjp = jax.vjp(lambda x_: xla_conv(x_, kernel, stride, dilation, padding), x)
+  (d_x,) = vjp(dy)
+  return d_x.astype(x.dtype), d_kernel.astype(kernel.dtype)
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+# --- 1x1 convolution ------------------------------------------------------------------------
+@jax.custom_vjp
+def dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """[..., Cin] x [Cin, Cout] -> [..., Cout] (a 1x1 convolution). The kernel gradient
+  transposes the narrower of input and output gradient explicitly (`transposed`) rather
+  than in XLA's fused transposing loop."""
+  return jnp.einsum('...c,cd->...d', x, kernel)
+
+
+def _dense_fwd(x, kernel):
+  return dense(x, kernel), (x, kernel)
+
+
+def _dense_bwd(residuals, dy):
+  x, kernel = residuals
+  cin, cout = kernel.shape
+  x2, dy2 = x.reshape(-1, cin), dy.reshape(-1, cout).astype(x.dtype)
+  if cin <= cout:
+    d_kernel = transposed(x2) @ dy2
+  else:
+    d_kernel = (transposed(dy2) @ x2).T
+  d_x = jnp.einsum('...d,cd->...c', dy, kernel.astype(dy.dtype))
+  return d_x.astype(x.dtype), d_kernel.astype(kernel.dtype)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+class PatchConv(nn.Module):
+  """Drop-in for `nn.Conv(features, (k, k), strides=s, padding=((p, p), (p, p)),
+  kernel_dilation=d)` running `conv2d`: the same parameters (`kernel` [k, k, Cin,
+  features], `bias`) and dtype handling, so weights and checkpoints are interchangeable.
+  [B, H, W, Cin] -> [B, Ho, Wo, features].
+  """
+  features: int
+  kernel_size: int
+  stride: int = 1
+  dilation: int = 1
+  padding: int = 0
+  use_bias: bool = False
+  dtype: Any = jnp.float32
+  kernel_init: Callable = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features),
+                        jnp.float32)
+    y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.dilation,
+               self.padding)
+    if self.use_bias:
+      bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y

@@ -1,0 +1,126 @@
+"""models/fast_conv.py: the matmul-backward convolutions equal XLA's.
+
+Forward values and both gradients against `lax.conv_general_dilated` + `jax.grad`, for
+strides 1/2, dilations 1/2/6, odd and even sizes and a 7x7 stem-like kernel (the
+concatenated-taps path); `dense` against the einsum; `PatchConv` against `nn.Conv` with
+the same parameters; a tiny DeepLab (both heads) with `model.conv_impl='im2col'` against
+'xla': same loss, same gradients.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ctt_jax import losses
+from ctt_jax.models import fast_conv, get_model, layers
+from ctt_jax.models.testing import random_variables
+from tests.test_models import model_config, shapes_of
+
+
+def lax_conv(x, kernel, stride, dilation, padding):
+  return jax.lax.conv_general_dilated(
+      x, kernel, (stride, stride), ((padding, padding), (padding, padding)),
+      rhs_dilation=(dilation, dilation), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def assert_close(got, want, rtol=2e-5):
+  """Equal up to float32 summation order, relative to the array's scale."""
+  got, want = np.asarray(got), np.asarray(want)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=0, atol=rtol * max(1.0, np.abs(want).max()))
+
+
+CASES = [  # (height, width, ksize, stride, dilation)
+    (9, 9, 3, 1, 1), (10, 7, 3, 1, 1), (8, 8, 3, 2, 1), (9, 12, 3, 2, 1),
+    (11, 12, 3, 1, 2), (10, 9, 3, 2, 2), (13, 9, 3, 1, 6), (7, 8, 3, 1, 6),
+    (16, 15, 7, 2, 1),
+]
+
+
+@pytest.mark.parametrize('height,width,ksize,stride,dilation', CASES)
+def test_values_and_gradients_equal_lax_conv(height, width, ksize, stride, dilation):
+  rng = np.random.default_rng(height * 100 + width)
+  padding = dilation * (ksize - 1) // 2  # PyTorch-style symmetric padding
+  x = jnp.asarray(rng.normal(size=(2, height, width, 5)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(ksize, ksize, 5, 6)), jnp.float32)
+  want = lax_conv(x, kernel, stride, dilation, padding)
+  got = fast_conv.conv2d(x, kernel, stride, dilation, padding)
+  assert_close(got, want)
+  cotangent = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+  loss = lambda conv: lambda x, k: jnp.vdot(conv(x, k, stride, dilation, padding),
+                                             cotangent)
+  got_dx, got_dk = jax.jit(jax.grad(loss(fast_conv.conv2d), (0, 1)))(x, kernel)
+  want_dx, want_dk = jax.grad(loss(lax_conv), (0, 1))(x, kernel)
+  assert_close(got_dx, want_dx)
+  assert_close(got_dk, want_dk)
+
+
+def test_patch_conv_is_nn_conv_with_the_same_parameters():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 9, 10, 3)), jnp.float32)
+  ours = fast_conv.PatchConv(4, 3, stride=2, dilation=1, padding=1, use_bias=True)
+  theirs = nn.Conv(4, (3, 3), strides=2, padding=((1, 1), (1, 1)), use_bias=True)
+  variables = theirs.init(jax.random.key(0), x)
+  variables = jax.tree.map(lambda v: v + 0.1, variables)  # a non-zero bias
+  assert (jax.tree.structure(ours.init(jax.random.key(0), x))
+          == jax.tree.structure(variables))
+  assert_close(ours.apply(variables, x), theirs.apply(variables, x))
+  grad = lambda m: jax.grad(lambda v, x: jnp.sum(m.apply(v, x) ** 2), (0, 1))(variables, x)
+  jax.tree.map(assert_close, grad(ours), grad(theirs))
+
+
+def test_conv_impl_resolution(monkeypatch):
+  assert fast_conv.resolve_conv_impl('auto') == 'im2col'  # tests run on CPU
+  with pytest.raises(ValueError, match='im2col'):
+    fast_conv.check_conv_impl('fft')
+  assert isinstance(layers.conv(8, 3, impl='auto'), fast_conv.PatchConv)
+  assert isinstance(layers.conv(8, 3, impl='xla'), nn.Conv)
+  assert isinstance(layers.conv(8, 1, impl='auto'), layers.Conv1x1)
+  # On accelerators 'auto' is the standard graph (and 'im2col' still forces ours).
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert fast_conv.resolve_conv_impl('auto') == 'xla'
+  assert isinstance(layers.conv(8, 3, impl='auto'), nn.Conv)
+  assert isinstance(layers.conv(8, 3, impl='im2col'), fast_conv.PatchConv)
+  x = jnp.ones((1, 4, 4, 2))
+  assert fast_conv.materialize(x, 'auto') is x
+
+
+def test_dense_and_stored_are_exact():
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(2, 5, 7, 6)), jnp.float32)
+  np.testing.assert_array_equal(jax.jit(fast_conv.stored)(x), x)
+  np.testing.assert_array_equal(jax.jit(fast_conv.transposed)(x.reshape(-1, 6)),
+                                x.reshape(-1, 6).T)
+  for cout in (3, 9):  # transposes x (Cin <= Cout) or dy (Cin > Cout)
+    kernel = jnp.asarray(rng.normal(size=(6, cout)), jnp.float32)
+    einsum = lambda x, k: jnp.einsum('bhwc,cd->bhwd', x, k)
+    assert_close(fast_conv.dense(x, kernel), einsum(x, kernel))
+    loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
+    got = jax.jit(jax.grad(loss(fast_conv.dense), (0, 1)))(x, kernel)
+    want = jax.grad(loss(einsum), (0, 1))(x, kernel)
+    jax.tree.map(assert_close, got, want)
+
+
+@pytest.mark.parametrize('name', ['deeplabv2', 'deeplabv3plus'])
+def test_deeplab_loss_and_gradients_match_xla(name):
+  """ResNet-18 at width 1/16 (torchvision layout: strided 3x3 convs) on 33x33 images."""
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.normal(size=(2, 33, 33, 3)), jnp.float32)
+  models = {impl: get_model(model_config(name, conv_impl=impl), 3)
+            for impl in ('xla', 'im2col')}
+  shapes, out = shapes_of(models['xla'], (33, 33))
+  variables = random_variables(shapes)
+  labels = jnp.asarray(rng.integers(0, 3, out['logits'].shape[:3]), jnp.int32)
+
+  def loss(params, model):
+    out = model.apply({**variables, 'params': params}, images, train=True,
+                      mutable=['batch_stats'])[0]
+    return losses.cross_entropy(out['logits'], labels) + jnp.mean(out['features'] ** 2)
+
+  results = {impl: jax.jit(jax.value_and_grad(loss), static_argnums=1)(
+      variables['params'], model) for impl, model in models.items()}
+  (loss_xla, grads_xla), (loss_ours, grads_ours) = results['xla'], results['im2col']
+  np.testing.assert_allclose(loss_ours, loss_xla, rtol=1e-5)
+  jax.tree.map(lambda a, b: assert_close(a, b, rtol=1e-4), grads_ours, grads_xla)
