@@ -1,6 +1,6 @@
 """CTT against the supervised baseline and mean teacher on CamVid, on a CPU.
 
-    python scripts/camvid_experiment.py --workdir=/tmp/camvid_exp [--overrides=total_steps=3000]
+    python scripts/camvid_experiment.py --workdir=/tmp/camvid_exp [--overrides=total_steps=1000]
 
 Runs `supervised`, `mean_teacher` and `ctt` with configs/camvid.py on the same labeled
 subset (same seed) and budget, one after another, each in its own process; every run
@@ -83,7 +83,7 @@ def write_table(summary: dict, path: str) -> str:
   return table
 
 
-def plot_curves(curves: dict, path: str) -> None:
+def plot_curves(curves: dict, path: str, split: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -94,7 +94,7 @@ def plot_curves(curves: dict, path: str) -> None:
     ax.plot(steps, mious, marker='o', label=method)
   ax.set_xlabel('step')
   ax.set_ylabel(f'val mIoU (%), {REPORTED_NETWORK}')
-  ax.set_title('CamVid val (101 images), 1/8 labeled')
+  ax.set_title(f'CamVid val (101 images), {split.replace("_", "/")} labeled')
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
@@ -128,7 +128,7 @@ def main():
     print(f'{method}: mIoU {100 * entry["miou"]:.2f} ({REPORTED_NETWORK}) after {step} '
           f'steps, {wall / 60:.1f} min', flush=True)
   table = write_table(summary, os.path.join(args.workdir, 'results.md'))
-  plot_curves(curves, os.path.join(args.workdir, 'curves.png'))
+  plot_curves(curves, os.path.join(args.workdir, 'curves.png'), args.split)
   with open(os.path.join(args.workdir, 'results.json'), 'w') as f:
     json.dump(summary, f, indent=2)
   print(table)
