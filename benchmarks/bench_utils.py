@@ -47,6 +47,24 @@ def json_default(value):
 
 
 # --- configs, states, batches -------------------------------------------------------------
+def parse_size(text: str) -> tuple[int, int]:
+  """'256x512' -> (256, 512)."""
+  return tuple(int(v) for v in text.split('x'))
+
+
+def add_network_args(parser) -> None:
+  """--size, --backbone, --width_multiplier: the network of a single-step script."""
+  parser.add_argument('--size', default='256x512')
+  parser.add_argument('--backbone', default='resnet101')
+  parser.add_argument('--width_multiplier', type=float, default=1.0)
+
+
+def network_args(args) -> tuple[tuple[int, int], dict]:
+  """(size, settings for make_config) from the arguments of `add_network_args`."""
+  return parse_size(args.size), {'backbone': args.backbone,
+                                 'width_multiplier': args.width_multiplier}
+
+
 def make_config(s: dict, method: str, num_pairs: int, conv_impl: str, **overrides):
   """The paper's Cityscapes setting (DeepLabV2 caffe R101, output stride 8, frozen BN,
   19 classes, SGD) with the benchmark's backbone and method."""

@@ -23,15 +23,12 @@ from benchmarks import bench_utils as bu
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--size', default='256x512')
+  bu.add_network_args(parser)
   parser.add_argument('--variants', default='xla,im2col,auto')
   parser.add_argument('--steps', type=int, default=5)
-  parser.add_argument('--backbone', default='resnet101')
-  parser.add_argument('--width_multiplier', type=float, default=1.0)
   parser.add_argument('--method', default='supervised')
   args = parser.parse_args()
-  size = tuple(int(v) for v in args.size.split('x'))
-  s = {'backbone': args.backbone, 'width_multiplier': args.width_multiplier}
+  size, s = bu.network_args(args)
   runners = {}
   for variant in args.variants.split(','):
     impl, _, dtype = variant.partition(':')

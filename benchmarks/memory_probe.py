@@ -26,13 +26,10 @@ from benchmarks import bench_utils as bu
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--framework', choices=('jax', 'torch'), required=True)
-  parser.add_argument('--size', default='256x512')
-  parser.add_argument('--backbone', default='resnet101')
-  parser.add_argument('--width_multiplier', type=float, default=1.0)
+  bu.add_network_args(parser)
   parser.add_argument('--conv_impl', default='auto')
   args = parser.parse_args()
-  size = tuple(int(v) for v in args.size.split('x'))
-  s = {'backbone': args.backbone, 'width_multiplier': args.width_multiplier}
+  size, s = bu.network_args(args)
   config = bu.make_config(s, 'supervised', 1, args.conv_impl)
   if args.framework == 'jax':
     runner = bu.JaxStep(config, size, model_flops=False)

@@ -104,16 +104,13 @@ def profile(run_step, steps: int) -> dict[str, float]:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--size', default='256x512')
+  bu.add_network_args(parser)
   parser.add_argument('--conv_impl', default='auto')
   parser.add_argument('--method', default='supervised')
-  parser.add_argument('--backbone', default='resnet101')
-  parser.add_argument('--width_multiplier', type=float, default=1.0)
   parser.add_argument('--steps', type=int, default=2)
   parser.add_argument('--top', type=int, default=6, help='instructions listed per group')
   args = parser.parse_args()
-  size = tuple(int(v) for v in args.size.split('x'))
-  s = {'backbone': args.backbone, 'width_multiplier': args.width_multiplier}
+  size, s = bu.network_args(args)
   pairs = 1 if args.method == 'supervised' else 2
   config = bu.make_config(s, args.method, pairs, args.conv_impl)
   step = bu.JaxStep(config, size, fill_banks=True, model_flops=False)

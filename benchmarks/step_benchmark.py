@@ -80,7 +80,7 @@ torch.set_num_threads(THREADS)
 # --- what is measured -------------------------------------------------------------------
 def settings(args):
   """Model, shapes and step counts of a full or a --quick run."""
-  size = lambda text: tuple(int(v) for v in text.split('x'))
+  size = bu.parse_size
   if args.quick:
     s = dict(backbone='resnet18', width_multiplier=0.25, sizes=[(32, 64)],
              ctt_size=(32, 64), eval_size=(32, 64), steps=5, ctt_steps=5)
