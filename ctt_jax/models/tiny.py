@@ -4,6 +4,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ctt_jax.models import layers
+
 
 class _Backbone(nn.Module):
   width: int
@@ -16,9 +18,7 @@ class _Backbone(nn.Module):
       x = nn.Conv(features, (3, 3), strides=stride, use_bias=not self.use_batch_norm,
                   name=f'conv{i}')(x)
       if self.use_batch_norm:
-        # Two-pass variance, as layers.batch_norm (why: there).
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, use_fast_variance=False,
-                         name=f'bn{i}')(x)
+        x = layers.batch_norm(not train, jnp.float32, f'bn{i}')(x)
       x = nn.relu(x)
     return x
 
