@@ -5,6 +5,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from configs import common
 from configs.common import base_config
 from tests.data_helpers import build, dataset_config
 from ctt_jax import data
@@ -60,7 +61,7 @@ def test_real_camvid_copy():
   if not os.path.isdir(os.path.join(data_dir, 'train')):
     pytest.skip(f'no CamVid copy at {data_dir}')
   config = base_config()
-  data.apply_dataset_defaults(config, 'camvid')  # data_dir '' -> the default location
+  common.apply_dataset_defaults(config, 'camvid')  # data_dir '' -> the default location
   config.batch_size = 2
   ds = build(config)
   assert ds.num_labeled == 46 and len(ds.unlabeled_ids) == 367 - 46  # 1/8 of 367

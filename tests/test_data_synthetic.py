@@ -31,7 +31,8 @@ def test_batch_formats_and_metadata():
   assert labeled['image'].shape == (4, 64, 64, 3) and labeled['image'].dtype == np.uint8
   assert labeled['label'].shape == (4, 64, 64) and labeled['label'].dtype == np.int32
   assert set(np.unique(labeled['label'])) <= set(range(5)) | {255}
-  assert sorted(unlabeled) == ['image', 'valid']
+  # 'label': ground truth for diagnostics (data.unlabeled_labels, on by default).
+  assert sorted(unlabeled) == ['image', 'label', 'valid']
   assert unlabeled['valid'].dtype == bool and unlabeled['valid'].shape == (4, 64, 64)
   assert ds.num_classes == 5 and len(ds.class_names) == 5
   assert ds.palette.shape == (5, 3) and ds.palette.dtype == np.uint8

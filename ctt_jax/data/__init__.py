@@ -7,11 +7,12 @@
 Streams are pure functions of (config.seed, step): resuming needs only the step.
 Modules: pipeline (entry point), streams (index arithmetic, tf.data), augment (weak
 view, eval padding), decode (file reading and checks), splits (partitions), examples
-(random-access lists), one module per dataset, defaults (per-dataset settings), errors.
+(random-access lists), one module per dataset, errors. Per-dataset settings live with the
+configs (configs/common.py DATASETS).
 """
-from ctt_jax.data.defaults import DATASET_DEFAULTS, apply_dataset_defaults
 from ctt_jax.data.errors import DataError
-from ctt_jax.data.pipeline import DATASET_NAMES, Datasets, build_datasets, write_labeled_ids
+from ctt_jax.data.pipeline import (DATASET_NAMES, Datasets, build_datasets, class_info,
+                                   write_labeled_ids)
 
-__all__ = ['DATASET_DEFAULTS', 'DATASET_NAMES', 'DataError', 'Datasets',
-           'apply_dataset_defaults', 'build_datasets', 'write_labeled_ids']
+__all__ = ['DATASET_NAMES', 'DataError', 'Datasets', 'build_datasets', 'class_info',
+           'write_labeled_ids']

@@ -118,10 +118,13 @@ def build_source(config) -> Source:
     return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
   l_ids, l_images, l_labels = subset(True)
-  u_ids, u_images, _ = subset(False)
+  u_ids, u_images, u_labels = subset(False)
+  # Every training annotation is checked above; the unlabeled ones are read only for the
+  # diagnostic data.unlabeled_labels (never trained on).
   return Source(
       'camvid', CLASS_NAMES, PALETTE,
       labeled=FileExamples(l_ids, l_images, l_labels, LABEL_SPEC),
-      unlabeled=FileExamples(u_ids, u_images, None, None),
+      unlabeled=FileExamples(u_ids, u_images,
+                             u_labels if data.unlabeled_labels else None, LABEL_SPEC),
       val=FileExamples(val_ids, val_images, val_labels, LABEL_SPEC),
       eval_size=max_image_size(val_images))

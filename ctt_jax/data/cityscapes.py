@@ -18,7 +18,8 @@ import numpy as np
 from ctt_jax.data import decode
 from ctt_jax.data import splits
 from ctt_jax.data.errors import DataError
-from ctt_jax.data.examples import FileExamples, Source, check_files_exist
+from ctt_jax.data.examples import (FileExamples, Source, check_files_exist,
+                                   existing_label_paths)
 from ctt_jax.data.paths import resolve_data_dir
 
 CLASS_NAMES = ('road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light',
@@ -72,12 +73,16 @@ def file_paths(data_dir: str, split: str, image_id: str) -> tuple[str, str]:
           os.path.join(data_dir, 'gtFine', split, city, f'{image_id}_gtFine_labelIds.png'))
 
 
-def _folder_examples(data_dir, split, ids, list_name, with_labels=True) -> FileExamples:
+def _folder_examples(data_dir, split, ids, list_name, labels_required=True,
+                     with_labels=True) -> FileExamples:
+  """Examples of `ids`; labels that are not required are read where their files exist."""
   pairs = [file_paths(data_dir, split, i) for i in ids]
   images = [p[0] for p in pairs]
   labels = [p[1] for p in pairs]
   todo = 'extract all of ' + ' and '.join(ZIPS) + ' into data.data_dir'
-  check_files_exist(images + (labels if with_labels else []), list_name, data_dir, todo)
+  check_files_exist(images + (labels if labels_required else []), list_name, data_dir, todo)
+  if with_labels and not labels_required:
+    labels = existing_label_paths(labels, list_name)
   return FileExamples(ids, images, labels if with_labels else None, LABEL_SPEC)
 
 
@@ -100,8 +105,10 @@ def build_source(config) -> Source:
       raise DataError(missing_message(data_dir))
     train_list = os.path.join(folder, 'train.txt')
     labeled = _folder_examples(data_dir, 'train', labeled_ids, train_list)
+    # The unlabeled images' gtFine labels: diagnostics only (data.unlabeled_labels).
     unlabeled = _folder_examples(data_dir, 'train', unlabeled_ids, train_list,
-                                 with_labels=False)
+                                 labels_required=False,
+                                 with_labels=bool(data.unlabeled_labels))
     val = _folder_examples(data_dir, 'val', val_ids, os.path.join(folder, 'val.txt'))
   else:
     from ctt_jax.data import cityscapes_tfds  # pylint: disable=g-import-not-at-top

@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 
 from ctt_jax.data import cityscapes
 from ctt_jax.data import decode
-from ctt_jax.data.errors import DataError
+from ctt_jax.data.errors import DataError, PipelineError
 from ctt_jax.data.examples import ExampleList
 
 BUILDER = 'cityscapes/semantic_segmentation'
@@ -27,7 +27,7 @@ _IMAGE, _LABEL = 'image_left', 'segmentation_label'
 
 def load_builder(data_config, manual_dir: str) -> tfds.core.DatasetBuilder:
   """The prepared builder; prepares it (ArrayRecord) from the zips on first use."""
-  builder = tfds.builder(BUILDER, data_dir=data_config.get('tfds_data_dir') or None)
+  builder = tfds.builder(BUILDER, data_dir=data_config.tfds_data_dir or None)
   if builder.is_prepared():
     return builder
   zips = [os.path.join(manual_dir, z) for z in cityscapes.ZIPS] if manual_dir else []
@@ -88,7 +88,7 @@ class TfdsExamples(ExampleList):
   def __init__(self, ids, source, record_of_id: dict[str, int], with_labels: bool):
     self.ids = tuple(ids)
     self._source = source
-    self._with_labels = with_labels
+    self.has_labels = with_labels
     self._records = tf.constant([record_of_id[i] for i in self.ids] or [0], tf.int64)
     self._names = tf.constant(list(self.ids) or [''])
 
@@ -98,11 +98,16 @@ class TfdsExamples(ExampleList):
     if not with_label:
       return image, np.zeros(image.shape[:2], np.int32)
     what = f'The segmentation_label of tfds cityscapes example {_text(example["image_id"])}'
-    return image, decode.map_label(np.asarray(example[_LABEL])[..., 0],
-                                   cityscapes.LABEL_SPEC, what)
+    label = decode.map_label(np.asarray(example[_LABEL])[..., 0], cityscapes.LABEL_SPEC,
+                             what)
+    if label.shape != image.shape[:2]:
+      raise PipelineError(f'{what} is {label.shape[0]}x{label.shape[1]} but its image is '
+                          f'{image.shape[0]}x{image.shape[1]} (HxW); prepare the tfds data '
+                          'again from the official zips.')
+    return image, label
 
   def read(self, index, with_label):
-    if with_label and not self._with_labels:
+    if with_label and not self.has_labels:
       raise ValueError('These examples were opened without labels.')
     image, label = tf.numpy_function(
         lambda r: self._fetch(r, with_label), [tf.gather(self._records, index)],
@@ -113,11 +118,16 @@ class TfdsExamples(ExampleList):
 
 
 def examples(data_config, manual_dir, labeled_ids, unlabeled_ids, val_ids):
-  """(labeled, unlabeled, val) example lists read through tfds."""
+  """(labeled, unlabeled, val) example lists read through tfds.
+
+  Every train record has its gtFine label; the unlabeled images' labels are decoded only
+  for the diagnostic data.unlabeled_labels (never trained on).
+  """
   builder = load_builder(data_config, manual_dir)
   lists = []
   for ids, split, with_labels in ((labeled_ids, 'train', True),
-                                  (unlabeled_ids, 'train', False),
+                                  (unlabeled_ids, 'train',
+                                   bool(data_config.unlabeled_labels)),
                                   (val_ids, 'validation', True)):
     record_of_id = {image_id: k for k, image_id in enumerate(record_ids(builder, split))}
     missing = [i for i in ids if i not in record_of_id]

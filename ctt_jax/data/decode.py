@@ -98,8 +98,13 @@ def map_label(raw: np.ndarray, spec: LabelSpec, what: str) -> np.ndarray:
 
 
 def load_pair(image_path: str, label_path: str, spec: LabelSpec):
-  """(uint8 [H, W, 3], int32 [H, W]); fails if the two sizes differ."""
+  """(uint8 [H, W, 3], int32 [H, W]); fails if the two sizes differ.
+
+  An empty `label_path` (an unlabeled image without a label file) gives an all-255 label.
+  """
   image = load_image(image_path)
+  if not label_path:
+    return image, np.full(image.shape[:2], 255, np.int32)
   label = load_label(label_path, spec)
   if image.shape[:2] != label.shape:
     raise PipelineError(

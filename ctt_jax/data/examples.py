@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -16,9 +17,14 @@ from ctt_jax.data.errors import DataError
 
 
 class ExampleList:
-  """A fixed list of examples with IDs. Subclasses implement `read`."""
+  """A fixed list of examples with IDs. Subclasses implement `read`.
+
+  `has_labels`: whether `read(..., with_label=True)` returns ground truth (False: a list
+  opened without labels, e.g. images that have none).
+  """
 
   ids: tuple[str, ...]
+  has_labels: bool = True
 
   def __len__(self) -> int:
     return len(self.ids)
@@ -28,22 +34,29 @@ class ExampleList:
 
     Returns {'image': uint8 [H, W, 3], 'label': int32 [H, W] train ids, 255 = ignore
     (zeros of the image size when `with_label` is False), 'name': string scalar naming
-    the example in error messages}.
+    the example in error messages}. The image is the same with or without the label.
     """
     raise NotImplementedError
 
 
 class FileExamples(ExampleList):
-  """Images and labels read from files (the folder layouts)."""
+  """Images and labels read from files (the folder layouts).
+
+  label_paths: one per image, or None (no labels: `has_labels` is False). An empty path
+  stands for an image without a label file: its label is all 255 (ignore).
+  """
 
   def __init__(self, ids, image_paths, label_paths, label_spec: decode.LabelSpec | None):
     self.ids = tuple(ids)
     self._image_paths = tf.constant(list(image_paths))
-    self._label_paths = tf.constant(list(label_paths)) if label_paths else None
+    self.has_labels = label_paths is not None and label_spec is not None
+    self._label_paths = tf.constant(list(label_paths)) if self.has_labels else None
     self._label_spec = label_spec
 
   def read(self, index, with_label):
     image_path = tf.gather(self._image_paths, index)
+    if with_label and not self.has_labels:
+      raise ValueError('These examples were opened without labels.')
     if not with_label:
       image = decode.tf_load_image(image_path)
       return {'image': image, 'label': tf.zeros(tf.shape(image)[:2], tf.int32),
@@ -90,6 +103,32 @@ class Source:
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
+
+
+def existing_label_paths(label_paths: list[str], list_name: str) -> list[str] | None:
+  """The label files of unlabeled images, for the diagnostic `data.unlabeled_labels`.
+
+  All present (or remote, unchecked): the paths. None present: None (the images have no
+  labels; the unlabeled batch then has no 'label'). Some missing: those paths become ''
+  (an all-ignore label) and a warning says how many and names one; the labels that
+  exist are still read, and a label file that exists but is bad stops the run as on the
+  labeled stream.
+  """
+  if not label_paths or '://' in label_paths[0]:
+    return list(label_paths)
+  present = [os.path.isfile(p) for p in label_paths]
+  if not any(present):
+    logging.warning('None of the %d unlabeled images of %s has a label file (e.g. %s); '
+                    'the unlabeled batches carry no labels (data.unlabeled_labels).',
+                    len(label_paths), list_name, label_paths[0])
+    return None
+  if not all(present):
+    missing = [p for p, ok in zip(label_paths, present) if not ok]
+    logging.warning('%d of the %d unlabeled images of %s have no label file (e.g. %s); '
+                    'their labels in the unlabeled batches are all 255 (ignore); these '
+                    'labels serve diagnostics only.', len(missing), len(label_paths),
+                    list_name, missing[0])
+  return [p if ok else '' for p, ok in zip(label_paths, present)]
 
 
 def check_files_exist(paths: list[str], list_name: str, data_dir: str, what_to_do: str):

@@ -28,15 +28,19 @@ class Datasets:
   """The data of one run, for this process.
 
   labeled: endless iterator of {'image': uint8 [b, h, w, 3], 'label': int32 [b, h, w]}.
-  unlabeled: endless iterator of {'image': uint8 [b, h, w, 3], 'valid': bool [b, h, w]}.
+  unlabeled: endless iterator of {'image': uint8 [b, h, w, 3], 'valid': bool [b, h, w]},
+    plus 'label': int32 [b, h, w] when `unlabeled_labels` (ground truth for diagnostics,
+    never for training; same augmentation draw as the image, 255 = ignore).
     b = config.batch_size / process_count, (h, w) = data.crop_size.
   eval_batches(): a fresh iterator over the whole val set: {'image': uint8 [e, H, W, 3],
     'label': int32 [e, H, W], 'valid': bool [e, H, W], 'index': int32 [e]},
     e = data.eval_batch_size / process_count; `eval_steps` batches; padding has index -1.
   palette: uint8 [C, 3], the dataset's official class colours.
+  unlabeled_labels: whether the unlabeled batches carry 'label' (data.unlabeled_labels
+    and the dataset has labels for its unlabeled images); also set when training=False.
   """
-  labeled: streams.NumpyStream
-  unlabeled: streams.NumpyStream
+  labeled: streams.NumpyStream | None
+  unlabeled: streams.NumpyStream | None
   eval_batches: Callable[[], streams.NumpyStream]
   num_classes: int
   class_names: tuple[str, ...]
@@ -49,16 +53,16 @@ class Datasets:
   eval_steps: int
   eval_size: tuple[int, int]
   name: str
+  unlabeled_labels: bool = False
 
   def close(self):
     """Stops the training streams' background threads (also done at interpreter exit)."""
-    self.labeled.close()
-    self.unlabeled.close()
+    for stream in (self.labeled, self.unlabeled):
+      if stream is not None:
+        stream.close()
 
 
-def load_source(config) -> Source:
-  """The partitioned dataset named by config.data.name (reads lists, checks files)."""
-  name = config.data.name
+def _dataset_module(name: str):
   if name == 'cityscapes':
     from ctt_jax.data import cityscapes as module  # pylint: disable=g-import-not-at-top
   elif name in ('voc_aug', 'voc_classic'):
@@ -70,7 +74,18 @@ def load_source(config) -> Source:
   else:
     raise DataError(f'Unknown data.name {name!r}; use one of: ' + ', '.join(DATASET_NAMES)
                     + '.')
-  return module.build_source(config)
+  return module
+
+
+def load_source(config) -> Source:
+  """The partitioned dataset named by config.data.name (reads lists, checks files)."""
+  return _dataset_module(config.data.name).build_source(config)
+
+
+def class_info(name: str) -> tuple[tuple[str, ...], np.ndarray]:
+  """(class names, uint8 [C, 3] palette) of dataset `name`, without reading any file."""
+  module = _dataset_module(name)
+  return tuple(module.CLASS_NAMES), np.asarray(module.PALETTE, np.uint8)
 
 
 def _hide_gpus_from_tf():
@@ -92,17 +107,19 @@ def eval_geometry(data_config, source: Source):
   if protocol not in ('paper', 'full'):
     raise DataError(f'Unknown data.eval_protocol {protocol!r}; use paper or full.')
   resize_to = augment.size_or_none(data_config.resize) if protocol == 'paper' else None
-  pad_size = (augment.size_or_none(data_config.get('eval_size', (0, 0)))
+  pad_size = (augment.size_or_none(data_config.eval_size)
               or resize_to or tuple(source.eval_size))
   return resize_to, pad_size
 
 
-def build_datasets(config, *, start_step: int = 0, process_index: int | None = None,
+def build_datasets(config, *, start_step: int = 0, training: bool = True,
+                   process_index: int | None = None,
                    process_count: int | None = None) -> Datasets:
   """The streams of one run; step `start_step` onward (resume needs no iterator state).
 
   Process `process_index` of `process_count` (default: jax's) gets its slice of every
-  global batch; the P slices concatenated are the single-process batch.
+  global batch; the P slices concatenated are the single-process batch. With
+  `training=False` (evaluation) the training streams are None and never built.
   """
   _hide_gpus_from_tf()
   if process_index is None or process_count is None:
@@ -117,21 +134,8 @@ def build_datasets(config, *, start_step: int = 0, process_index: int | None = N
     raise DataError(f'config.num_classes={config.num_classes} but {data.name} has '
                     f'{source.num_classes} classes; set num_classes={source.num_classes}.')
 
-  params = augment.TrainAugment.from_config(data)
-  unlabeled = source.unlabeled
-  if len(unlabeled) == 0:
-    # Split 'full': every training image is labeled; the unlabeled stream (still needed by
-    # semi-supervised methods) then draws from those same images, without their labels.
-    logging.warning('data.split=%r leaves no unlabeled images; the unlabeled stream '
-                    'reuses the labeled images.', data.split)
-    unlabeled = source.labeled
-  common = dict(seed=int(config.seed), global_batch=int(config.batch_size),
-                start_step=int(start_step), process_index=process_index,
-                process_count=process_count)
-  labeled_ds = streams.train_stream(source.labeled, params, tag=streams.LABELED,
-                                    with_label=True, **common)
-  unlabeled_ds = streams.train_stream(unlabeled, params, tag=streams.UNLABELED,
-                                      with_label=False, **common)
+  labeled, unlabeled = (_train_streams(config, source, start_step, process_index,
+                                        process_count) if training else (None, None))
 
   resize_to, pad_size = eval_geometry(data, source)
   eval_batch = int(data.eval_batch_size)
@@ -141,8 +145,8 @@ def build_datasets(config, *, start_step: int = 0, process_index: int | None = N
   make_eval()  # Fails now, not at the first evaluation, if the eval batch does not split.
 
   return Datasets(
-      labeled=streams.NumpyStream(lambda: labeled_ds),
-      unlabeled=streams.NumpyStream(lambda: unlabeled_ds),
+      labeled=labeled,
+      unlabeled=unlabeled,
       eval_batches=lambda: streams.NumpyStream(make_eval),
       num_classes=source.num_classes,
       class_names=tuple(source.class_names),
@@ -154,7 +158,42 @@ def build_datasets(config, *, start_step: int = 0, process_index: int | None = N
       eval_ids=tuple(source.val.ids),
       eval_steps=-(-len(source.val) // eval_batch),
       eval_size=tuple(pad_size),
-      name=data.name)
+      name=data.name,
+      unlabeled_labels=unlabeled_has_labels(config, source))
+
+
+def _train_streams(config, source: Source, start_step, process_index, process_count):
+  """The endless labeled and unlabeled streams (numpy batches, tf.data behind)."""
+  params = augment.TrainAugment.from_config(config.data)
+  unlabeled = source.unlabeled
+  if len(unlabeled) == 0:
+    # Split 'full': every training image is labeled; the unlabeled stream (still needed by
+    # semi-supervised methods) then draws from those same images (their labels only as
+    # the diagnostic 'label' of data.unlabeled_labels).
+    logging.warning('data.split=%r leaves no unlabeled images; the unlabeled stream '
+                    'reuses the labeled images.', config.data.split)
+    unlabeled = source.labeled
+  common = dict(seed=int(config.seed), global_batch=int(config.batch_size),
+                start_step=int(start_step), process_index=process_index,
+                process_count=process_count)
+  labeled_ds = streams.train_stream(source.labeled, params, tag=streams.LABELED,
+                                    keys=streams.LABELED_KEYS, **common)
+  unlabeled_keys = streams.UNLABELED_KEYS + (
+      ('label',) if unlabeled_has_labels(config, source) else ())
+  unlabeled_ds = streams.train_stream(unlabeled, params, tag=streams.UNLABELED,
+                                      keys=unlabeled_keys, **common)
+  return (streams.NumpyStream(lambda: labeled_ds), streams.NumpyStream(lambda: unlabeled_ds))
+
+
+def unlabeled_has_labels(config, source: Source) -> bool:
+  """Whether the unlabeled batches carry 'label' (ground truth, for diagnostics only).
+
+  True when data.unlabeled_labels is set and the dataset has labels for its unlabeled
+  images (split 'full' reuses the labeled images, which have them).
+  """
+  if not config.data.unlabeled_labels:
+    return False
+  return (source.unlabeled if len(source.unlabeled) else source.labeled).has_labels
 
 
 def write_labeled_ids(datasets: Datasets, workdir: str) -> str:

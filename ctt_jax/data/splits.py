@@ -22,7 +22,7 @@ _FRACTION_SPLIT = re.compile(r'^1_(\d+)$')
 
 def splits_dir(data_config) -> str:
   """`data.splits_dir` if set (custom lists, e.g. for tests), else the packaged lists."""
-  return data_config.get('splits_dir', '') or PACKAGED_SPLITS_DIR
+  return data_config.splits_dir or PACKAGED_SPLITS_DIR
 
 
 def read_id_list(path: str) -> list[str]:

@@ -78,25 +78,35 @@ def _options() -> tf.data.Options:
   return options
 
 
-def train_stream(examples: ExampleList, params: augment_lib.TrainAugment, *, seed: int,
-                 tag: int, with_label: bool, global_batch: int, start_step: int,
-                 process_index: int, process_count: int) -> tf.data.Dataset:
-  """Infinite batches of weak views.
+LABELED_KEYS = ('image', 'label')
+UNLABELED_KEYS = ('image', 'valid')
 
-  Yields {'image': uint8 [b, h, w, 3], 'label': int32 [b, h, w]} when `with_label`, else
-  {'image', 'valid': bool [b, h, w]}; b = global_batch / process_count, (h, w) = crop.
+
+def train_stream(examples: ExampleList, params: augment_lib.TrainAugment, *, seed: int,
+                 tag: int, keys: tuple[str, ...], global_batch: int, start_step: int,
+                 process_index: int, process_count: int) -> tf.data.Dataset:
+  """Infinite batches of weak views, with the `keys` of {'image': uint8 [b, h, w, 3],
+  'label': int32 [b, h, w], 'valid': bool [b, h, w]}; b = global_batch / process_count,
+  (h, w) = crop.
+
+  The label is read only when `keys` has 'label'. It never changes the other keys:
+  image, label and valid go through one augmentation draw seeded by (seed, tag, element),
+  and the draw does not depend on the label's values.
   """
   n = len(examples)
   if n == 0:
     raise errors.DataError('A training stream has no examples; check data.split.')
+  unknown = set(keys) - {'image', 'label', 'valid'}
+  if unknown or 'image' not in keys:
+    raise ValueError(f'train_stream keys {keys} must hold image and only label or valid.')
+  with_label = 'label' in keys
 
   def load(i):
     example = examples.read(example_position(i, n, seed, tag), with_label)
     image, label, valid = augment_lib.train_augment(
         params, example['image'], example['label'], element_seed(i, seed, tag))
-    if with_label:
-      return {'image': image, 'label': label}
-    return {'image': image, 'valid': valid}
+    views = {'image': image, 'label': label, 'valid': valid}
+    return {k: views[k] for k in keys}
 
   local = global_batch // process_count
   ds = global_indices(start_step, global_batch, process_index, process_count)

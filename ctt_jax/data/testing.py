@@ -125,41 +125,69 @@ def write_camvid_tree(root: str, num_train: int = 16, num_val: int = 4, size=(36
   return written
 
 
-def write_cityscapes_tree(root: str, fixture_dir: str) -> dict:
+def extra_frame_id(k: int) -> str:
+  """ID of the k-th extra training frame of the Cityscapes test trees."""
+  return f'frankfurt_000001_{k:06d}'
+
+
+def fixture_frame(fixture_dir: str, k: int = -1) -> tuple[np.ndarray, np.ndarray]:
+  """(image uint8 [128, 256, 3], labelIds uint8 [128, 256]) of the fixture frame (k < 0)
+  or of extra frame k: the fixture rolled right by 40 (k + 1) columns."""
+  city = FIXTURE_ID.split('_')[0]
+  stem = os.path.join(fixture_dir, '{}', 'val', city, FIXTURE_ID + '_{}.png')
+  image = np.asarray(Image.open(stem.format('leftImg8bit', 'leftImg8bit')).convert('RGB'))
+  label = np.asarray(Image.open(stem.format('gtFine', 'gtFine_labelIds')))
+  shift = 0 if k < 0 else 40 * (k + 1)
+  return np.roll(image, shift, axis=1), np.roll(label, shift, axis=1)
+
+
+def write_cityscapes_tree(root: str, fixture_dir: str, extra_train: int = 0) -> dict:
   """The fixture frame as both the train and the val set of an extracted tree.
 
-  Returns {'data_dir', 'splits_dir', 'id'}; splits/cityscapes has train, val and a '1_1'
-  partition, each listing the one frame.
+  `extra_train` more training frames (`fixture_frame(k)`, IDs `extra_frame_id(k)`) are
+  added to train.txt only, so with partition '1_1' they are the unlabeled images.
+  Returns {'data_dir', 'splits_dir', 'id', 'extra'}; splits/cityscapes has train, val and
+  a '1_1' partition listing the fixture frame.
   """
   data_dir, splits_dir = os.path.join(root, 'data'), os.path.join(root, 'splits')
   for split in ('train', 'val'):
     for top in ('leftImg8bit', 'gtFine'):
       shutil.copytree(os.path.join(fixture_dir, top, 'val'),
                       os.path.join(data_dir, top, split), dirs_exist_ok=True)
-  for name in ('train', 'val', '1_1'):
+  extra = [extra_frame_id(k) for k in range(extra_train)]
+  city = FIXTURE_ID.split('_')[0]
+  for k, image_id in enumerate(extra):
+    image, label = fixture_frame(fixture_dir, k)
+    for top, array, suffix in (('leftImg8bit', image, '_leftImg8bit.png'),
+                               ('gtFine', label, '_gtFine_labelIds.png')):
+      Image.fromarray(array).save(os.path.join(data_dir, top, 'train', city,
+                                               image_id + suffix))
+  write_list(os.path.join(splits_dir, 'cityscapes', 'train.txt'), [FIXTURE_ID] + extra)
+  for name in ('val', '1_1'):
     write_list(os.path.join(splits_dir, 'cityscapes', name + '.txt'), [FIXTURE_ID])
-  return {'data_dir': data_dir, 'splits_dir': splits_dir, 'id': FIXTURE_ID}
+  return {'data_dir': data_dir, 'splits_dir': splits_dir, 'id': FIXTURE_ID, 'extra': extra}
 
 
-def write_cityscapes_zips(manual_dir: str, fixture_dir: str):
+def write_cityscapes_zips(manual_dir: str, fixture_dir: str, extra_train: int = 0):
   """The two official zips, holding the fixture frame (upscaled to the 2048x1024 the tfds
-  builder requires) as its train, val and test image."""
+  builder requires) as its train, val and test image, plus `extra_train` more training
+  frames (`fixture_frame(k)` upscaled, IDs `extra_frame_id(k)`)."""
   os.makedirs(manual_dir, exist_ok=True)
   city = FIXTURE_ID.split('_')[0]
-  image = Image.open(os.path.join(fixture_dir, 'leftImg8bit', 'val', city,
-                                  FIXTURE_ID + '_leftImg8bit.png'))
-  label = Image.open(os.path.join(fixture_dir, 'gtFine', 'val', city,
-                                  FIXTURE_ID + '_gtFine_labelIds.png'))
-  members = {}
-  for name, im, resample, suffix in (
-      ('leftImg8bit', image, Image.BILINEAR, '_leftImg8bit.png'),
-      ('gtFine', label, Image.NEAREST, '_gtFine_labelIds.png')):
-    buffer = io.BytesIO()
-    im.resize((2048, 1024), resample).save(buffer, 'PNG', compress_level=1)
-    members[name] = (buffer.getvalue(), suffix)
-  for name, zip_name in (('leftImg8bit', 'leftImg8bit_trainvaltest.zip'),
-                         ('gtFine', 'gtFine_trainvaltest.zip')):
-    data, suffix = members[name]
-    with zipfile.ZipFile(os.path.join(manual_dir, zip_name), 'w') as z:
-      for split in ('train', 'val', 'test'):
-        z.writestr(f'{name}/{split}/{city}/{FIXTURE_ID}{suffix}', data)
+  frames = [(FIXTURE_ID, fixture_frame(fixture_dir), ('train', 'val', 'test'))] + [
+      (extra_frame_id(k), fixture_frame(fixture_dir, k), ('train',))
+      for k in range(extra_train)]
+  zips = {name: zipfile.ZipFile(os.path.join(manual_dir, zip_name), 'w')
+          for name, zip_name in (('leftImg8bit', 'leftImg8bit_trainvaltest.zip'),
+                                 ('gtFine', 'gtFine_trainvaltest.zip'))}
+  for image_id, (image, label), split_names in frames:
+    for name, array, resample, suffix in (
+        ('leftImg8bit', image, Image.BILINEAR, '_leftImg8bit.png'),
+        ('gtFine', label, Image.NEAREST, '_gtFine_labelIds.png')):
+      buffer = io.BytesIO()
+      Image.fromarray(array).resize((2048, 1024), resample).save(buffer, 'PNG',
+                                                                 compress_level=1)
+      for split in split_names:
+        zips[name].writestr(f'{name}/{split}/{city}/{image_id}{suffix}', buffer.getvalue())
+  for z in zips.values():
+    z.close()

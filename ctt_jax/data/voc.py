@@ -19,7 +19,8 @@ import numpy as np
 from ctt_jax.data import decode
 from ctt_jax.data import splits
 from ctt_jax.data.errors import DataError
-from ctt_jax.data.examples import FileExamples, Source, check_files_exist
+from ctt_jax.data.examples import (FileExamples, Source, check_files_exist,
+                                   existing_label_paths)
 from ctt_jax.data.paths import resolve_data_dir
 
 CLASS_NAMES = ('background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car',
@@ -62,11 +63,15 @@ def file_paths(data_dir: str, image_id: str) -> tuple[str, str]:
           os.path.join(data_dir, LABEL_DIR, image_id + '.png'))
 
 
-def _examples(data_dir, ids, list_name, with_labels=True) -> FileExamples:
+def _examples(data_dir, ids, list_name, labels_required=True,
+              with_labels=True) -> FileExamples:
+  """Examples of `ids`; labels that are not required are read where their files exist."""
   images = [file_paths(data_dir, i)[0] for i in ids]
   labels = [file_paths(data_dir, i)[1] for i in ids]
-  check_files_exist(images + (labels if with_labels else []), list_name, data_dir,
+  check_files_exist(images + (labels if labels_required else []), list_name, data_dir,
                     'complete the VOC and SegmentationClassAug download (docs/DATA.md)')
+  if with_labels and not labels_required:
+    labels = existing_label_paths(labels, list_name)
   return FileExamples(ids, images, labels if with_labels else None, LABEL_SPEC)
 
 
@@ -95,6 +100,9 @@ def build_source(config) -> Source:
   return Source(
       data.name, CLASS_NAMES, PALETTE,
       labeled=_examples(data_dir, labeled_ids, train_list),
-      unlabeled=_examples(data_dir, unlabeled_ids, train_list, with_labels=False),
+      # SegmentationClassAug covers train_aug: the unlabeled images' labels, read for
+      # the diagnostic data.unlabeled_labels only.
+      unlabeled=_examples(data_dir, unlabeled_ids, train_list, labels_required=False,
+                          with_labels=bool(data.unlabeled_labels)),
       val=_examples(data_dir, val_ids, val_list),
       eval_size=EVAL_SIZE)
