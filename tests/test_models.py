@@ -30,6 +30,11 @@ def model_config(name='deeplabv2', backbone='resnet18', layout='torchvision', os
   return c
 
 
+# (model.name, other keys): every DeepLab head.
+HEADS = [('deeplabv2', {}), ('deeplabv2', {'head': 'aspp_se'}), ('deeplabv3plus', {})]
+HEAD_IDS = ['deeplabv2', 'deeplabv2-ctt', 'deeplabv3plus']
+
+
 def shapes_of(model, size=(65, 65)):
   x = jax.ShapeDtypeStruct((2, *size, 3), jnp.float32)
   variables = jax.eval_shape(lambda r, x: model.init(r, x), jax.random.key(0), x)
@@ -37,12 +42,13 @@ def shapes_of(model, size=(65, 65)):
   return variables, out
 
 
-@pytest.mark.parametrize('name,output_stride,expected', [
-    ('deeplabv2', 8, 9), ('deeplabv2', 16, 5),  # 65 -> 33 -> 17 -> 9 (-> 5)
-    ('deeplabv3plus', 8, 17), ('deeplabv3plus', 16, 17),  # at layer1: 1/4
+@pytest.mark.parametrize('name,output_stride,expected,extra', [
+    ('deeplabv2', 8, 9, {}), ('deeplabv2', 16, 5, {}),  # 65 -> 33 -> 17 -> 9 (-> 5)
+    ('deeplabv2', 8, 9, {'head': 'aspp_se'}), ('deeplabv2', 16, 5, {'head': 'aspp_se'}),
+    ('deeplabv3plus', 8, 17, {}), ('deeplabv3plus', 16, 17, {}),  # at layer1: 1/4
 ])
-def test_output_sizes(name, output_stride, expected):
-  model = get_model(model_config(name, os_=output_stride, projection_dim=4), 3)
+def test_output_sizes(name, output_stride, expected, extra):
+  model = get_model(model_config(name, os_=output_stride, projection_dim=4, **extra), 3)
   variables, out = shapes_of(model)
   assert out['logits'].shape == (2, expected, expected, 3)
   assert out['features'].shape == (2, expected, expected, 4)  # projection_dim
@@ -77,14 +83,15 @@ def test_parameter_counts_match_torchvision(depth, published):
   assert count + 2048 * 1000 + 1000 == published  # + the ImageNet fc layer
 
 
-@pytest.mark.parametrize('name', ['deeplabv2', 'deeplabv3plus'])
-def test_variable_names_follow_the_optimiser_convention(name):
-  variables, _ = shapes_of(get_model(model_config(name, projection_dim=4), 3))
+@pytest.mark.parametrize('name,extra', HEADS, ids=HEAD_IDS)
+def test_variable_names_follow_the_optimiser_convention(name, extra):
+  variables, _ = shapes_of(get_model(model_config(name, projection_dim=4, **extra), 3))
   params = flax.traverse_util.flatten_dict(variables['params'])
   assert 'backbone' in variables['params'] and len(variables['params']) > 1
   for path, leaf in params.items():
     assert leaf.dtype == jnp.float32
-    assert path[-1] in (('scale', 'bias') if 'bn' in path[-2] else ('kernel', 'bias')), path
+    norm = 'bn' in path[-2] or path[-2] == 'gn'  # gn: GroupNorm, trained with frozen BN
+    assert path[-1] in (('scale', 'bias') if norm else ('kernel', 'bias')), path
   for path in flax.traverse_util.flatten_dict(variables['batch_stats']):
     assert 'bn' in path[-2], path
   # Every variable has a PyTorch name, and they are distinct.
@@ -93,15 +100,15 @@ def test_variable_names_follow_the_optimiser_convention(name):
   assert len(set(names)) == len(names)
 
 
-@pytest.mark.parametrize('name', ['deeplabv2', 'deeplabv3plus'])
-def test_bfloat16_runs_close_to_float32(name):
+@pytest.mark.parametrize('name,extra', HEADS, ids=HEAD_IDS)
+def test_bfloat16_runs_close_to_float32(name, extra):
   images = np.random.default_rng(0).normal(size=(2, 33, 33, 3)).astype(np.float32)
-  c32 = model_config(name)
+  c32 = model_config(name, **extra)
   shapes, _ = shapes_of(get_model(c32, 3), (33, 33))
   variables = random_variables(shapes)
   outs = {}
   for dtype in ('float32', 'bfloat16'):
-    model = get_model(model_config(name, dtype=dtype), 3)
+    model = get_model(model_config(name, dtype=dtype, **extra), 3)
     outs[dtype] = jax.jit(lambda v, x, m=model: m.apply(v, x))(variables, images)
   for key in ('logits', 'features'):
     got, want = outs['bfloat16'][key], outs['float32'][key]
@@ -131,7 +138,8 @@ def test_unknown_settings_fail_with_the_valid_choices():
   for key, value, message in (('backbone', 'resnet152', 'resnet101'),
                               ('layout', 'timm', 'caffe'),
                               ('output_stride', 4, '8, 16 or 32'),
-                              ('dtype', 'float16', 'bfloat16')):
+                              ('dtype', 'float16', 'bfloat16'),
+                              ('head', 'aspp', 'bottleneck, ctt')):
     with pytest.raises(ValueError, match=message):
       get_model(model_config(**{key: value}), 3)
 

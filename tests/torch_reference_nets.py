@@ -2,8 +2,10 @@
 
 They are written independently of the Flax code, after the published PyTorch models:
 torchvision's ResNet (`replace_stride_with_dilation`), the DeepLabV2 `Res_Deeplab` of
-AdvSemiSeg/ClassMix (caffe layout), mmseg's ResNetV1c and the TorchSemSeg/UniMatch deep
-stem. Module names are the checkpoint names `ctt_jax.models.weights` maps.
+AdvSemiSeg/ClassMix (caffe layout), mmseg's ResNetV1c, the TorchSemSeg/UniMatch deep
+stem, and the CTT authors' DeepLabV2 head (`SEBlock`, `Classifier_Module2` of
+1181110317/SSL_CTT `model/deeplabv2.py`, widths and GroupNorm groups made parameters).
+Module names are the checkpoint names `ctt_jax.models.weights` maps.
 """
 from __future__ import annotations
 
@@ -178,7 +180,7 @@ class Decoder(nn.Module):
     super().__init__()
     self.reduce = ConvBN(c_low, low, 1)
     self.fuse1 = ConvBN(low + c_high, features, 3)
-    self.fuse2 = ConvBN(features, features, 3)
+    self.fuse2 = ConvBN(features, features, 3, relu=False)  # signed features
 
   def forward(self, high, low):
     low = self.reduce(low)
@@ -218,6 +220,76 @@ class DeepLab(nn.Module):
     return logits, features
 
 
+class SEBlock(nn.Module):
+  """The authors' SEBlock: x * sigmoid(Linear(ReLU(Linear(avgpool(x)))))."""
+
+  def __init__(self, inplanes, r=16):
+    super().__init__()
+    self.global_pool = nn.AdaptiveAvgPool2d((1, 1))
+    self.se = nn.Sequential(nn.Linear(inplanes, inplanes // r), nn.ReLU(inplace=True),
+                            nn.Linear(inplanes // r, inplanes), nn.Sigmoid())
+
+  def forward(self, x):
+    xx = self.global_pool(x).view(x.size(0), x.size(1))
+    return x.mul(self.se(xx).unsqueeze(-1).unsqueeze(-1))
+
+
+class Classifier_Module2(nn.Module):  # pylint: disable=invalid-name
+  """The authors' head; their 256 -> `branch_width` (branches) and `feature_dim` (fuse),
+  GroupNorm(32) -> GroupNorm(`branch_groups` / `feature_groups`). forward(x) returns
+  {'feat': normalize(dropout(fuse)), 'out': classifier(dropout(fuse))} (their get_feat)."""
+
+  def __init__(self, inplanes, dilation_series, padding_series, num_classes,
+               branch_width=256, feature_dim=256, branch_groups=32, feature_groups=32,
+               droprate=0.1):
+    super().__init__()
+    self.conv2d_list = nn.ModuleList()
+    self.conv2d_list.append(nn.Sequential(
+        nn.Conv2d(inplanes, branch_width, kernel_size=1, stride=1, padding=0, dilation=1,
+                  bias=True),
+        nn.GroupNorm(num_groups=branch_groups, num_channels=branch_width, affine=True),
+        nn.ReLU(inplace=True)))
+    for dilation, padding in zip(dilation_series, padding_series):
+      self.conv2d_list.append(nn.Sequential(
+          nn.Conv2d(inplanes, branch_width, kernel_size=3, stride=1, padding=padding,
+                    dilation=dilation, bias=True),
+          nn.GroupNorm(num_groups=branch_groups, num_channels=branch_width, affine=True),
+          nn.ReLU(inplace=True)))
+    concat = branch_width * (len(dilation_series) + 1)
+    self.bottleneck = nn.Sequential(
+        SEBlock(concat),
+        nn.Conv2d(concat, feature_dim, kernel_size=3, stride=1, padding=1, dilation=1,
+                  bias=True),
+        nn.GroupNorm(num_groups=feature_groups, num_channels=feature_dim, affine=True))
+    self.head = nn.Sequential(
+        nn.Dropout2d(droprate),
+        nn.Conv2d(feature_dim, num_classes, kernel_size=1, padding=0, dilation=1,
+                  bias=False))
+
+  def forward(self, x):
+    out = self.conv2d_list[0](x)
+    for i in range(len(self.conv2d_list) - 1):
+      out = torch.cat((out, self.conv2d_list[i + 1](x)), 1)
+    out = self.head[0](self.bottleneck(out))
+    return {'feat': F.normalize(out, dim=1), 'out': self.head[1](out)}
+
+
+class CTTDeepLabV2(ResNet):
+  """The authors' `ResNet101` (caffe layout) with `layer5 = Classifier_Module2`: the
+  state dict has their names (conv1.*, layer1.* .. layer4.*, layer5.*).
+  forward(x) -> {'feat', 'out'} as theirs."""
+
+  def __init__(self, num_classes, depth='resnet101', m=1.0, feature_dim=256,
+               branch_groups=32, feature_groups=32):
+    super().__init__(depth, 'caffe', 8, m)
+    self.layer5 = Classifier_Module2(self.out_channels, [6, 12, 18, 24], [6, 12, 18, 24],
+                                     num_classes, width(256, m), feature_dim,
+                                     branch_groups, feature_groups)
+
+  def forward(self, x):
+    return self.layer5(super().forward(x)[1])
+
+
 def randomize_(net: nn.Module, seed: int = 0):
   """Random weights AND random BN running statistics, scaled to keep activations O(1)."""
   g = torch.Generator().manual_seed(seed)
@@ -235,6 +307,13 @@ def randomize_(net: nn.Module, seed: int = 0):
         mod.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
         mod.running_var.copy_(torch.rand(n, generator=g) + 0.5)
         mod.num_batches_tracked.fill_(7)
+      elif isinstance(mod, (nn.GroupNorm, nn.Linear)):
+        if isinstance(mod, nn.GroupNorm):
+          mod.weight.copy_(torch.rand(mod.weight.shape, generator=g) + 0.5)
+        else:
+          fan_in = mod.weight.shape[1]
+          mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) * (1.0 / fan_in)**0.5)
+        mod.bias.copy_(torch.randn(mod.bias.shape, generator=g) * 0.1)
   return net
 
 

@@ -18,9 +18,9 @@ def get_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.M
   if name == 'tiny':
     return TinySegNet(
         num_classes=num_classes,
-        width=int(model_config.get('width', 16)),
+        width=int(model_config.width),
         feature_dim=int(model_config.feature_dim),
-        use_batch_norm=not model_config.get('freeze_bn', False),
+        use_batch_norm=not model_config.freeze_bn,
     )
   if name in ('deeplabv2', 'deeplabv3plus'):
     from ctt_jax.models import deeplab  # pylint: disable=g-import-not-at-top

@@ -8,7 +8,15 @@ Inputs: `.pth`/`.pt`/`.bin`/`.ckpt` (PyTorch pickles; torch is imported only for
 loaded with `weights_only=True`), `.safetensors` and `.npz` with PyTorch names. Without
 `--head` only the backbone is converted (non-backbone entries such as `fc.*` or DeepLabV2's
 `layer5.*` are ignored); with `--head NAME` the whole network is, and the checkpoint must
-hold this project's head names (docs/MODELS.md). The output keys are flattened Flax paths
+hold this project's head names (docs/MODELS.md), or with `--head deeplabv2
+--deeplabv2-head aspp_se` the CTT authors' `layer5.*` (Classifier_Module2) names:
+
+    python -m ctt_jax.models.convert --input checkpoint-iter80000.pth --output ctt.npz \\
+        --backbone resnet101 --layout caffe --head deeplabv2 --deeplabv2-head aspp_se \\
+        --bgr-to-rgb
+
+(their checkpoints hold the student under 'model', which is what is read, and the teacher
+under 'ema_model'). The output keys are flattened Flax paths
 ('params/backbone/conv1/kernel', ...) plus 'meta/backbone' and 'meta/layout', which
 `load_pretrained` checks against the config.
 """
@@ -72,10 +80,12 @@ def read_checkpoint(path: str) -> dict[str, np.ndarray]:
 
 
 def model_config_for(backbone: str, layout: str, head: str | None, width_multiplier: float,
-                     feature_dim: int, projection_dim: int) -> ml_collections.ConfigDict:
+                     feature_dim: int, projection_dim: int,
+                     deeplabv2_head: str = 'bottleneck') -> ml_collections.ConfigDict:
   """The `model` config keys conversion needs (a subset of configs/common.py)."""
   return ml_collections.ConfigDict(dict(
-      name=head or 'deeplabv2', backbone=backbone, layout=layout, output_stride=8,
+      name=head or 'deeplabv2', head=deeplabv2_head, backbone=backbone, layout=layout,
+      output_stride=8,
       width_multiplier=width_multiplier, feature_dim=feature_dim,
       projection_dim=projection_dim, freeze_bn=True, dtype='float32',
       skip_head=head is None))
@@ -130,6 +140,10 @@ def main(argv: list[str] | None = None):
   parser.add_argument('--layout', required=True, choices=list(LAYOUTS))
   parser.add_argument('--head', choices=['deeplabv2', 'deeplabv3plus'], default=None,
                       help='also convert this head (default: backbone only)')
+  parser.add_argument('--deeplabv2-head', choices=['bottleneck', 'aspp_se'],
+                      default='bottleneck',
+                      help='with --head deeplabv2: this project\'s bottleneck head, or ctt '
+                      '(the CTT authors\' layer5 names; model.head=aspp_se)')
   parser.add_argument('--num-classes', type=int, default=None,
                       help='head classes (default: read from the checkpoint)')
   parser.add_argument('--width-multiplier', type=float, default=1.0)
@@ -140,7 +154,7 @@ def main(argv: list[str] | None = None):
                       'the first conv to read RGB (see docs/MODELS.md on input scaling)')
   args = parser.parse_args(argv)
   config = model_config_for(args.backbone, args.layout, args.head, args.width_multiplier,
-                            args.feature_dim, args.projection_dim)
+                            args.feature_dim, args.projection_dim, args.deeplabv2_head)
   try:
     variables = convert(args.input, args.output, config, args.num_classes, args.bgr_to_rgb)
   except ValueError as e:
@@ -149,7 +163,10 @@ def main(argv: list[str] | None = None):
   print(f'Wrote {args.output}: {count:,} values ('
         f'{"backbone and " + args.head if args.head else "backbone only"}). Use it with '
         f'model.pretrained={args.output},model.backbone={args.backbone},'
-        f'model.layout={args.layout}' + ('' if args.head else ',model.skip_head=true'))
+        f'model.layout={args.layout}'
+        + (',model.skip_head=false' if args.head else ',model.skip_head=true')
+        + (',model.head=aspp_se' if args.head == 'deeplabv2' and args.deeplabv2_head == 'aspp_se'
+           else ''))
 
 
 if __name__ == '__main__':

@@ -5,25 +5,34 @@ representation before the classifier, so a pixel's confidence is a function of t
 features there. Top-level submodules: `backbone` (base learning rate) and the head
 modules below (head learning rate).
 
-DeepLabV2 (`model.name=deeplabv2`), logits at the output stride (1/8 by default):
+DeepLabV2 (`model.name=deeplabv2`), logits at the output stride (1/8 by default), with
+one of two heads (`model.head`):
+- 'aspp_se', the CTT authors' head (`ctt_head.py`): layer4 -> `head` (ASPP of five conv-GN-ReLU
+  branches, squeeze-excitation, 3x3 conv-GN, dropout 0.1) = signed, L2-normalised
+  features -> `head/classifier` (1x1) = logits.
+- 'bottleneck' (this project's earlier head, kept as an option):
   layer4 -> `bottleneck` (1x1 conv, BN, ReLU to `feature_dim`)       = features
          -> `classifier` (ASPP-V2: four 3x3 convs, dilation 6/12/18/24, with bias,
                           summed)                                     = logits
   The original DeepLabV2 applies the ASPP-V2 to the 2048-d layer4 output directly; the
   1x1 bottleneck gives the 256-d features the contrastive losses need at little cost.
+  Its features are non-negative (after the ReLU the classifier reads), unlike SPEC's.
 
 DeepLabV3+ (`model.name=deeplabv3plus`), logits at 1/4 (the resolution of layer1):
   layer4 -> `aspp` (1x1, three 3x3 at dilation 6/12/18 (x2 at output stride 8), image
                     pooling; each conv-BN-ReLU at 256 ch; concat -> 1x1 conv-BN-ReLU)
          -> bilinear upsampling to layer1's size (align_corners=True)
   layer1 -> `decoder.reduce` (1x1 conv-BN-ReLU, 48 ch)
-  concat -> `decoder.fuse1`, `decoder.fuse2` (3x3 conv-BN-ReLU, `feature_dim` ch) = features
+  concat -> `decoder.fuse1` (3x3 conv-BN-ReLU), `decoder.fuse2` (3x3 conv-BN, no ReLU;
+            `feature_dim` ch) = features (signed, SPEC "Notation")
          -> `classifier` (1x1 conv with bias)                                     = logits
 
 `model.projection_dim > 0` adds `projection` (1x1 conv-BN-ReLU-1x1 conv) on the features;
-its output is returned as `features` (the logits are unchanged).
+its output is returned as `features` (the logits are unchanged; with the 'aspp_se' head it
+reads the normalised features).
 `model.width_multiplier` scales the backbone and the internal head widths (ASPP 256,
-low-level 48) but not `feature_dim` / `projection_dim`, which are set directly.
+low-level 48, the 'aspp_se' head's branches 256) but not `feature_dim` / `projection_dim`,
+which are set directly.
 """
 from __future__ import annotations
 
@@ -34,10 +43,12 @@ import jax.numpy as jnp
 import ml_collections
 
 from ctt_jax.models import fast_conv
+from ctt_jax.models.ctt_head import CTTHead
 from ctt_jax.models.layers import ConvBN, batch_norm, conv, resize_bilinear
 from ctt_jax.models.resnet import ResNet, check_backbone_config, scale_width
 
 ASPP_V2_RATES = (6, 12, 18, 24)
+DEEPLABV2_HEADS = ('bottleneck', 'aspp_se')  # model.head
 # Classifier init of DeepLab: small normal weights.
 classifier_init = nn.initializers.normal(0.01)
 
@@ -79,7 +90,9 @@ class ASPP(nn.Module):
 
 class Decoder(nn.Module):
   """DeepLabV3+ decoder: `reduce` (1x1, low_level ch) on layer1, concat with the upsampled
-  ASPP output, then `fuse1`, `fuse2` (3x3). Returns [B, H1, W1, features]."""
+  ASPP output, then `fuse1` (3x3 conv-BN-ReLU) and `fuse2` (3x3 conv-BN without ReLU:
+  features are taken before any activation, SPEC "Notation").
+  Returns [B, H1, W1, features]."""
   features: int
   low_level: int
   use_running_average: bool
@@ -92,8 +105,8 @@ class Decoder(nn.Module):
                  self.conv_impl, name='reduce')(low)
     high = resize_bilinear(high, low.shape[1:3], align_corners=True)
     x = jnp.concatenate([low, high], axis=-1)
-    for name in ('fuse1', 'fuse2'):
-      x = ConvBN(self.features, 3, 1, True, self.use_running_average, self.dtype,
+    for name, relu in (('fuse1', True), ('fuse2', False)):
+      x = ConvBN(self.features, 3, 1, relu, self.use_running_average, self.dtype,
                  self.conv_impl, name=name)(x)
     return x
 
@@ -113,13 +126,15 @@ class ProjectionHead(nn.Module):
 
 
 class DeepLab(nn.Module):
-  """DeepLabV2 or DeepLabV3+ (`head`); see the module docstring.
+  """DeepLabV2 or DeepLabV3+ (`head`); see the module docstring. `v2_head` is DeepLabV2's
+  head ('bottleneck' | 'aspp_se', `model.head`); DeepLabV3+ ignores it.
 
   __call__(images [B, H, W, 3] float32, train) -> {'logits': [B, h, w, num_classes],
   'features': [B, h, w, D]} in float32, D = projection_dim or feature_dim.
   """
   num_classes: int
   head: str = 'deeplabv2'  # deeplabv2 | deeplabv3plus
+  v2_head: str = 'bottleneck'  # DeepLabV2 only: bottleneck | ctt
   backbone_name: str = 'resnet101'
   layout: str = 'caffe'
   output_stride: int = 8
@@ -136,7 +151,12 @@ class DeepLab(nn.Module):
     stages = ResNet(self.backbone_name, self.layout, self.output_stride,
                     self.width_multiplier, self.freeze_bn, self.dtype, self.conv_impl,
                     name='backbone')(images, train)
-    if self.head == 'deeplabv2':
+    if self.head == 'deeplabv2' and self.v2_head == 'aspp_se':
+      logits, features = CTTHead(self.num_classes, scale_width(256, self.width_multiplier),
+                                 self.feature_dim, self.dtype, self.conv_impl,
+                                 name='head')(stages['layer4'], train)
+    elif self.head == 'deeplabv2':
+      check_deeplabv2_head(self.v2_head)
       features = ConvBN(self.feature_dim, 1, 1, True, use_running_average, self.dtype,
                         self.conv_impl, name='bottleneck')(stages['layer4'])
       logits = ASPPV2(self.num_classes, dtype=self.dtype, conv_impl=self.conv_impl,
@@ -160,6 +180,12 @@ class DeepLab(nn.Module):
     return {'logits': logits.astype(jnp.float32), 'features': features.astype(jnp.float32)}
 
 
+def check_deeplabv2_head(head: str) -> str:
+  if head not in DEEPLABV2_HEADS:
+    raise ValueError(f'Unknown model.head {head!r}; valid: {", ".join(DEEPLABV2_HEADS)}.')
+  return head
+
+
 def build_deeplab(model_config: ml_collections.ConfigDict, num_classes: int) -> DeepLab:
   """The DeepLab of `model_config` (keys of `configs/common.py` `model`)."""
   check_backbone_config(model_config.backbone, model_config.layout,
@@ -169,6 +195,8 @@ def build_deeplab(model_config: ml_collections.ConfigDict, num_classes: int) -> 
   return DeepLab(
       num_classes=num_classes,
       head=model_config.name,
+      # Configs written before the key existed get the head they were trained with.
+      v2_head=check_deeplabv2_head(model_config.head),
       backbone_name=model_config.backbone,
       layout=model_config.layout,
       output_stride=int(model_config.output_stride),
@@ -178,5 +206,5 @@ def build_deeplab(model_config: ml_collections.ConfigDict, num_classes: int) -> 
       freeze_bn=bool(model_config.freeze_bn),
       dtype=jnp.bfloat16 if model_config.dtype == 'bfloat16' else jnp.float32,
       # Configs written before the key existed get the default.
-      conv_impl=fast_conv.check_conv_impl(model_config.get('conv_impl', 'auto')),
+      conv_impl=fast_conv.check_conv_impl(model_config.conv_impl),
   )

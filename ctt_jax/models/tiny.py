@@ -29,13 +29,15 @@ class _Head(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    features = nn.relu(nn.Conv(self.feature_dim, (3, 3), name='bottleneck')(x))
+    # No activation after the bottleneck: the features are signed (SPEC "Notation").
+    features = nn.Conv(self.feature_dim, (3, 3), name='bottleneck')(x)
     logits = nn.Conv(self.num_classes, (1, 1), name='classifier')(features)
     return logits, features
 
 
 class TinySegNet(nn.Module):
-  """Three strided convs + a 3x3 bottleneck (the contrastive features) + a 1x1 classifier."""
+  """Three strided convs (conv-BN-ReLU) + a 3x3 bottleneck conv whose signed output is the
+  features + a 1x1 classifier on them."""
   num_classes: int
   width: int = 16
   feature_dim: int = 32

@@ -12,6 +12,12 @@ variable has one PyTorch name (`torch_name`):
                                           deepbase: conv1.0, conv1.1, conv1.3, conv1.4,
                                           conv1.6, bn1
     <head path> (aspp/b1/conv, ...)       the same path joined by '.' (aspp.b1.conv.weight)
+    head/... (DeepLabV2, model.head=aspp_se)  the CTT authors' `layer5` (Classifier_Module2):
+      head/branch{i}/conv, gn             layer5.conv2d_list.{i}.0, layer5.conv2d_list.{i}.1
+      head/se/fc1, fc2                    layer5.bottleneck.0.se.0, .se.2 (Linear: [out, in]
+                                          -> kernel [in, out])
+      head/fuse/conv, gn                  layer5.bottleneck.1, layer5.bottleneck.2
+      head/classifier                     layer5.head.1 (no bias)
 
 Checkpoint names may carry `module.` (DataParallel), `Scale.` (the DeepLabV2 COCO
 checkpoint) or `backbone.` (mmseg/UniMatch segmentors) prefixes; they are stripped.
@@ -42,6 +48,12 @@ _STEM_NAMES = {
     'deepbase': {'stem_conv1': 'conv1.0', 'stem_bn1': 'conv1.1', 'stem_conv2': 'conv1.3',
                  'stem_bn2': 'conv1.4', 'stem_conv3': 'conv1.6', 'stem_bn3': 'bn1'},
 }
+# The CTT authors' head: our module path under `head` -> their name (branches: torch_name).
+_CTT_HEAD_NAMES = {('se', 'fc1'): 'layer5.bottleneck.0.se.0',
+                   ('se', 'fc2'): 'layer5.bottleneck.0.se.2',
+                   ('fuse', 'conv'): 'layer5.bottleneck.1',
+                   ('fuse', 'gn'): 'layer5.bottleneck.2',
+                   ('classifier',): 'layer5.head.1'}
 _LEAF_NAMES = {('params', 'kernel'): 'weight', ('params', 'scale'): 'weight',
                ('params', 'bias'): 'bias', ('batch_stats', 'mean'): 'running_mean',
                ('batch_stats', 'var'): 'running_var'}
@@ -59,6 +71,13 @@ def torch_name(collection: str, path: tuple[str, ...], layout: str) -> str:
       m = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1'}.get(m, m)
       renamed.append(m)
     modules = renamed
+  elif modules[0] == 'head':  # the CTT authors' DeepLabV2 head
+    branch = re.fullmatch(r'branch(\d+)', modules[1])
+    if branch:
+      index = {'conv': 0, 'gn': 1}[modules[2]]
+      modules = [f'layer5.conv2d_list.{branch.group(1)}.{index}']
+    else:
+      modules = [_CTT_HEAD_NAMES[tuple(modules[1:])]]
   return '.'.join(modules + [_LEAF_NAMES[(collection, leaf)]])
 
 
@@ -104,8 +123,13 @@ def variable_shapes(model_config: ml_collections.ConfigDict, num_classes: int) -
                         jax.random.key(0), images)
 
 
-def _infer_num_classes(names: Mapping[str, np.ndarray], head: str) -> int:
-  key = 'classifier.conv0.bias' if head == 'deeplabv2' else 'classifier.bias'
+def _infer_num_classes(names: Mapping[str, np.ndarray], model_config) -> int:
+  if model_config.name == 'deeplabv3plus':
+    key = 'classifier.bias'
+  elif model_config.head == 'aspp_se':
+    key = 'layer5.head.1.weight'
+  else:
+    key = 'classifier.conv0.bias'
   if key not in names:
     raise ValueError(f'Cannot infer the number of classes: the checkpoint has no {key!r}. '
                      'Pass num_classes, or skip_head=True to import only the backbone.')
@@ -150,10 +174,10 @@ def from_torch_state_dict(state_dict: Mapping[str, Any],
     ValueError listing every missing, unused and mismatched name.
   """
   if skip_head is None:
-    skip_head = bool(model_config.get('skip_head', False))
+    skip_head = bool(model_config.skip_head)
   names = normalize_state_dict(state_dict)
   if num_classes is None:
-    num_classes = 1 if skip_head else _infer_num_classes(names, model_config.name)
+    num_classes = 1 if skip_head else _infer_num_classes(names, model_config)
   template = variable_shapes(model_config, num_classes)
 
   out, used, missing, mismatched = {}, set(), [], []
@@ -169,10 +193,14 @@ def from_torch_state_dict(state_dict: Mapping[str, Any],
       value = names[name]
       if path[-1] == 'kernel' and value.ndim == 4:
         value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+      elif path[-1] == 'kernel' and value.ndim == 2:
+        value = value.T  # Linear [out, in] -> Dense [in, out]
       if value.shape != leaf.shape:
         expected = leaf.shape
         if path[-1] == 'kernel' and len(expected) == 4:
           expected = tuple(expected[i] for i in (3, 2, 0, 1))  # in PyTorch's OIHW
+        elif path[-1] == 'kernel' and len(expected) == 2:
+          expected = expected[::-1]
         mismatched.append(f'{name}: {tuple(names[name].shape)} vs {expected}')
         continue
       out[(collection,) + path] = value.astype(np.float32)
