@@ -7,6 +7,10 @@
 On several hosts (a Cloud TPU pod slice, multi-node GPUs) start the same command on every
 host; `--distributed` (or the JAX_COORDINATOR_ADDRESS / cloud TPU environment) makes it call
 jax.distributed.initialize() first.
+
+Every error a user can fix (config, data, workdir, checkpoint) ends in one sentence on
+stderr and a non-zero exit status; SIGTERM checkpoints and exits with 143 so schedulers
+requeue the job.
 """
 import os
 import sys
@@ -37,9 +41,44 @@ def _want_distributed() -> bool:
               or os.environ.get('MEGASCALE_COORDINATOR_ADDRESS'))
 
 
+def _fail(message: str, status: int = 1):
+  logging.error('%s', message)
+  print(f'Error: {message}', file=sys.stderr)
+  sys.exit(status)
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with config errors (an unknown key, a bad value, an unknown
+  partition) as one sentence instead of a traceback."""
+  try:
+    return FLAGS(argv)
+  except (flags.Error, KeyError, ValueError, TypeError) as e:  # get_config(arg) raises these
+    cause = e  # the config's own exception, under absl's and config_flags' wrappers
+    while cause.__cause__ is not None or (cause.__context__ is not None
+                                          and not cause.__suppress_context__):
+      cause = cause.__cause__ or cause.__context__
+    message = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
+    print(f'Error: {message}', file=sys.stderr)
+    sys.exit(2)
+
+
+def _run_mode(train, config):
+  if FLAGS.mode == 'train':
+    train.train_and_evaluate(config, FLAGS.workdir)
+  elif FLAGS.mode == 'eval':
+    train.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint_step)
+  else:
+    if not FLAGS.input or not FLAGS.output:
+      raise app.UsageError('--mode=predict needs --input=DIR and --output=DIR.')
+    train.predict(config, FLAGS.workdir, FLAGS.input, FLAGS.output, FLAGS.network,
+                  FLAGS.checkpoint_step)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  from ctt_jax import logs  # pylint: disable=g-import-not-at-top
+  logs.quiet_library_logs()  # before TensorFlow is imported: it reads its level then
   # tf.data runs on the host only: keep TensorFlow off the accelerators.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
@@ -48,24 +87,28 @@ def main(argv):
     jax.distributed.initialize()
   logging.info('JAX process %d/%d, %d local / %d global devices.', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+  from ctt_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from ctt_jax import config_validation  # pylint: disable=g-import-not-at-top
   from ctt_jax import data  # pylint: disable=g-import-not-at-top
   from ctt_jax import train  # pylint: disable=g-import-not-at-top
+  from ctt_jax import workdir_lock  # pylint: disable=g-import-not-at-top
   try:
-    if FLAGS.mode == 'train':
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    elif FLAGS.mode == 'eval':
-      train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint_step)
-    else:
-      if not FLAGS.input or not FLAGS.output:
-        raise app.UsageError('--mode=predict needs --input=DIR and --output=DIR.')
-      train.predict(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output, FLAGS.network,
-                    FLAGS.checkpoint_step)
-  except (data.DataError, train.NonFiniteLossError, FileNotFoundError) as e:
+    config_validation.validate(FLAGS.config, device_count=jax.device_count(),
+                               process_count=jax.process_count())
+    for warning in config_validation.warnings(FLAGS.config):
+      logging.warning('%s', warning)
+    _run_mode(train, FLAGS.config)
+  except train.Preempted as e:
+    # 128 + SIGTERM: schedulers read "killed by SIGTERM" and requeue the job.
+    print(str(e), file=sys.stderr)
+    sys.exit(143)
+  except config_validation.ConfigError as e:
+    _fail(str(e), status=2)
+  except (data.DataError, train.NonFiniteLossError, FileNotFoundError,
+          checkpointing.CheckpointError, workdir_lock.WorkdirError) as e:
     # Errors the user can fix: their one sentence, no traceback.
-    logging.error('%s', e)
-    print(f'Error: {e}', file=sys.stderr)
-    sys.exit(1)
+    _fail(str(e))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -6,7 +6,7 @@
 Measures the synthetic set always, CamVid when its folder exists (data.data_dir default:
 $CTT_CAMVID_DIR or ../shared/data/camvid), and an extracted Cityscapes tree when
 --cityscapes_dir (or $CTT_CITYSCAPES_DIR) points at one. Each dataset uses its
-ctt_jax.data.DATASET_DEFAULTS settings (crop, scale, batch size). Prints a table and
+configs/common.py DATASETS settings (crop, scale, batch size). Prints a table and
 writes the numbers as JSON (stdout, or --json).
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+from configs import common  # pylint: disable=g-import-not-at-top
 from configs.common import base_config  # pylint: disable=g-import-not-at-top
 from ctt_jax import data  # pylint: disable=g-import-not-at-top
 from ctt_jax.data import camvid  # pylint: disable=g-import-not-at-top
@@ -58,11 +59,11 @@ def configs(args):
   """(name, config) of every dataset present."""
   out = []
   config = base_config()
-  data.apply_dataset_defaults(config, 'synthetic')
+  common.apply_dataset_defaults(config, 'synthetic')
   out.append(('synthetic', config))
 
   config = base_config()
-  data.apply_dataset_defaults(config, 'camvid')
+  common.apply_dataset_defaults(config, 'camvid')
   config.data.data_dir = args.camvid_dir or ''
   if os.path.isdir(os.path.join(camvid.data_dir_of(config.data), 'train')):
     out.append(('camvid', config))
@@ -70,7 +71,7 @@ def configs(args):
   cityscapes_dir = args.cityscapes_dir or os.environ.get('CTT_CITYSCAPES_DIR', '')
   if cityscapes_dir and os.path.isdir(os.path.join(cityscapes_dir, 'leftImg8bit')):
     config = base_config()
-    data.apply_dataset_defaults(config, 'cityscapes')
+    common.apply_dataset_defaults(config, 'cityscapes')
     config.data.data_dir = cityscapes_dir
     config.data.source = 'folder'
     config.data.splits_dir = args.cityscapes_splits_dir

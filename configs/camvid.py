@@ -20,13 +20,14 @@ SPLITS = ('1_16', '1_8', '1_4', '1_2', 'full')
 
 
 def get_config(arg=None):
-  return common.dataset_config(
-      'camvid', arg, SPLITS, '1_8',
-      model__name='deeplabv2', model__backbone='resnet18', model__layout='torchvision',
-      model__width_multiplier=0.25, model__output_stride=8, model__feature_dim=64,
-      model__freeze_bn=False,
-      lr=0.01, head_lr_mult=1.0, weight_decay=1e-4, total_steps=2500,
+  return common.dataset_config('camvid', arg, SPLITS, '1_8', {
+      'model.name': 'deeplabv2', 'model.backbone': 'resnet18',
+      'model.layout': 'torchvision', 'model.width_multiplier': 0.25,
+      'model.output_stride': 8, 'model.feature_dim': 64, 'model.freeze_bn': False,
+      # The authors' head (SPEC "Notation"): signed, GroupNorm'd features for HC/LC.
+      'model.head': 'aspp_se',
+      'lr': 0.01, 'head_lr_mult': 1.0, 'weight_decay': 1e-4, 'total_steps': 2500,
       # Rare classes (Bicyclist, SignSymbol) fill their queues slowly at k=1 per step:
       # start the contrastive terms at a fixed step (empty entries are masked out).
-      bank_size=64, contrastive_start_step=300,
-      log_every=50, eval_every=250, checkpoint_every=500)
+      'bank_size': 64, 'contrastive_start_step': 300,
+      'log_every': 50, 'eval_every': 250, 'checkpoint_every': 500})

@@ -1,15 +1,20 @@
-"""Shared config pieces: the CTT defaults of SPEC and the `arg` string parser.
+"""Shared config pieces: the CTT defaults of SPEC, each dataset's settings, and the one
+way to set keys.
 
-Every `configs/<dataset>.py:get_config(arg)` starts from `base_config()`, applies its
-dataset settings, then the overrides of `arg`:
+Every `configs/<dataset>.py:get_config(arg)` starts from `base_config()`, applies the
+dataset's settings (`DATASETS`), its own settings, then the overrides of `arg`:
 
     configs/cityscapes.py:1_8,method=mean_teacher,num_pairs=3,bank_size=512,phi=0.85
 
 The first comma-separated field without `=` is the partition; every `key=value` sets a
 config key (dotted keys reach nested dicts: `model.backbone=resnet50`). Values are parsed
-to the type of the existing key; an unknown key fails with the list of valid keys.
+to the type of the existing key. All of it goes through `update`, which refuses unknown
+keys with the closest valid names; tests build their configs with it too.
+Importing this module loads neither TensorFlow nor jax (configs load in milliseconds).
 """
 from __future__ import annotations
+
+from typing import Any, Mapping
 
 import ml_collections
 
@@ -43,6 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.bank_push = 'after_update'  # SPEC; 'before_update' = paper's Algorithm 1, cheaper;
   # 'none' = never push (benchmarks/step_benchmark.py: the step without the bank)
   c.ema_decay = 0.99
+  # Students run the labeled and the strong unlabeled batch as two passes ('separate', the
+  # authors' code) or one ('joint'); the same with frozen batch-norm (SPEC 3).
+  c.student_bn_passes = 'separate'
   # Run the n students as one vmapped network (stacked params) instead of n unrolled calls.
   c.vmap_pairs = False
   # Strong view of the unlabeled images, done on device (SPEC item 3).
@@ -84,8 +92,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.width = 16  # `tiny` model only: channels of its first conv
   c.model.feature_dim = 256
   c.model.projection_dim = 0  # >0 adds a projection head for the contrastive features
+  # DeepLabV2's head (other models ignore it): 'aspp_se' = the CTT authors' Classifier_Module2
+  # (ASPP conv-GN-ReLU branches, squeeze-excitation, conv-GN, dropout 0.1; signed
+  # features, models/ctt_head.py); 'bottleneck' = 1x1 conv-BN-ReLU features + ASPP-V2.
+  c.model.head = 'bottleneck'
   c.model.freeze_bn = True
   c.model.dtype = 'float32'  # or bfloat16 (compute; params stay float32)
+  # Backbone rematerialisation: '' (store all activations), 'blocks' or 'stages' (store only
+  # each block's / stage's input, recompute the rest in the backward pass: less HBM, about
+  # one more backbone forward pass; see models/resnet.py).
+  c.model.remat = ''
   # Convolutions: 'xla' (nn.Conv, einsum), 'im2col' (models/fast_conv.py: same forward
   # values, a backward pass of matmuls that XLA:CPU runs faster), 'auto' (im2col on CPU,
   # xla on GPU/TPU, whose graph stays as it is). Same parameters either way.
@@ -112,6 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.splits_dir = ''  # '' = packaged ctt_jax/data/splits; else <dir>/<dataset>/*.txt
   c.data.partition_seed = 0  # labeled subset of datasets without lists (camvid, synthetic)
   c.data.tfds_data_dir = ''  # tensorflow-datasets data_dir ('' = tfds default)
+  c.data.unlabeled_labels = True  # unlabeled batches carry ground truth, for diagnostics only
   c.data.synthetic_image_size = (64, 64)
   c.data.synthetic_num_train = 512
   c.data.synthetic_num_val = 64
@@ -131,12 +148,14 @@ def base_config() -> ml_collections.ConfigDict:
   # Stop (with a checkpoint) once this step is reached, e.g. to fit a time-limited job;
   # rerunning the same command resumes. -1: run to total_steps.
   c.stop_at_step = -1
+  # Locked: a key that is not defined above cannot be added by mistake (a typo fails).
+  c.lock()
   return c
 
 
 # The DeepLabV2 "caffe" checkpoints (converted with --bgr-to-rgb) expect 0..255 inputs minus
 # the Caffe mean, not divided by a std: the paper configs default to that scaling.
-CAFFE_INPUT = dict(image_mean=(0.48108, 0.45753, 0.40787), image_std=(1 / 255,) * 3)
+CAFFE_INPUT = {'image_mean': (0.48108, 0.45753, 0.40787), 'image_std': (1 / 255,) * 3}
 
 
 def _parse_value(text: str, current):
@@ -170,26 +189,46 @@ def _flat_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]
   return keys
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]):
-  """Applies `key=value` strings; unknown keys fail naming the valid ones."""
+def unknown_key_message(key: str, valid: list[str]) -> str:
+  """One sentence for an unknown key, with the closest valid names."""
+  from ctt_jax import config_validation  # pylint: disable=g-import-not-at-top  (no jax/TF)
+  hint = config_validation.suggest(key, valid)
+  return (f'Unknown config key {key!r}' + (f'; did you mean {" or ".join(hint)}?' if hint
+                                          else '; see configs/common.py for the valid keys.'))
+
+
+def update(config: ml_collections.ConfigDict, values: Mapping[str, Any]):
+  """Sets dotted keys (`{'model.name': 'tiny'}`); an unknown key raises KeyError with the
+  closest valid names, a value of the wrong type ml_collections' TypeError. Returns config."""
   valid = _flat_keys(config)
-  for item in overrides:
-    key, _, text = item.partition('=')
-    key = key.strip()
+  for key, value in values.items():
     if key not in valid:
-      raise KeyError(
-          f'Unknown config key {key!r} in override {item!r}. Valid keys: '
-          + ', '.join(sorted(valid)))
+      raise KeyError(unknown_key_message(key, valid))
     *parents, leaf = key.split('.')
     node = config
     for p in parents:
       node = node[p]
-    try:
-      value = _parse_value(text.strip(), node[leaf])
-    except ValueError as e:
-      raise ValueError(f'Bad value for config key {key!r}: {e}') from None
     node[leaf] = value
   return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]):
+  """Applies `key=value` strings, each parsed to the type of the key's default."""
+  valid = _flat_keys(config)
+  values = {}
+  for item in overrides:
+    key, _, text = item.partition('=')
+    key = key.strip()
+    if key not in valid:
+      raise KeyError(unknown_key_message(key, valid) + f' (in override {item!r})')
+    node = config
+    for p in key.split('.'):
+      node = node[p]
+    try:
+      values[key] = _parse_value(text.strip(), node)
+    except ValueError as e:
+      raise ValueError(f'Bad value for config key {key!r}: {e}') from None
+  return update(config, values)
 
 
 def split_arg(arg: str | None) -> tuple[str | None, list[str]]:
@@ -212,19 +251,48 @@ def split_arg(arg: str | None) -> tuple[str | None, list[str]]:
   return (positional[0] if positional else None), overrides
 
 
+# Per-dataset settings (SPEC "Optimisation and data"); configs may override them.
+DATASETS = {
+    'cityscapes': {
+        'num_classes': 19, 'batch_size': 2, 'data.split': '1_30',
+        'data.resize': (512, 1024), 'data.crop_size': (256, 512),
+        'data.scale_range': (1.0, 1.0), 'data.eval_protocol': 'paper'},
+    'voc_aug': {
+        'num_classes': 21, 'batch_size': 10, 'data.split': '1_50', 'data.resize': (0, 0),
+        'data.crop_size': (321, 321), 'data.scale_range': (0.5, 1.5),
+        'data.eval_size': (512, 512)},
+    'voc_classic': {
+        'num_classes': 21, 'batch_size': 10, 'data.split': '1_16', 'data.resize': (0, 0),
+        'data.crop_size': (321, 321), 'data.scale_range': (0.5, 1.5),
+        'data.eval_size': (512, 512)},
+    # CamVid at the 240x180 of ../shared/data/camvid; use (352, 480) crops at full size.
+    'camvid': {
+        'num_classes': 11, 'batch_size': 4, 'data.split': '1_8', 'data.resize': (0, 0),
+        'data.crop_size': (176, 240), 'data.scale_range': (0.75, 1.25),
+        'data.eval_size': (0, 0)},
+    'synthetic': {
+        'num_classes': 5, 'batch_size': 8, 'data.split': '1_8', 'data.resize': (0, 0),
+        'data.crop_size': (64, 64), 'data.scale_range': (1.0, 1.25),
+        'data.synthetic_image_size': (64, 64), 'data.eval_size': (0, 0),
+        'data.eval_batch_size': 8},
+}
+
+
+def apply_dataset_defaults(config: ml_collections.ConfigDict, dataset: str):
+  """Sets data.name and `dataset`'s settings of `DATASETS` on `config`; returns it."""
+  if dataset not in DATASETS:
+    raise ValueError(f'Unknown dataset {dataset!r}; use one of: {", ".join(DATASETS)}.')
+  config.data.name = dataset
+  return update(config, DATASETS[dataset])
+
+
 def dataset_config(dataset: str, arg: str | None, splits: tuple[str, ...],
-                   default_split: str, **settings) -> ml_collections.ConfigDict:
+                   default_split: str, settings: Mapping[str, Any] | None = None
+                   ) -> ml_collections.ConfigDict:
   """base_config() + the dataset's defaults + `settings` (dotted keys) + the partition and
   overrides of `arg` (which win)."""
-  from ctt_jax.data import defaults  # pylint: disable=g-import-not-at-top
-  config = base_config()
-  defaults.apply_dataset_defaults(config, dataset)
-  for key, value in settings.items():
-    *parents, leaf = key.split('__')
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config = apply_dataset_defaults(base_config(), dataset)
+  update(config, settings or {})
   split, overrides = split_arg(arg)
   split = split or default_split
   if split not in splits:

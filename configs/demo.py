@@ -12,10 +12,10 @@ SPLITS = ('1_8', '1_4', '1_2', 'full')
 
 
 def get_config(arg=None):
-  return common.dataset_config(
-      'synthetic', arg, SPLITS, '1_8',
-      model__name='tiny', model__width=16, model__feature_dim=32, model__freeze_bn=False,
+  return common.dataset_config('synthetic', arg, SPLITS, '1_8', {
+      'model.name': 'tiny', 'model.width': 16, 'model.feature_dim': 32,
+      'model.freeze_bn': False,
       # From scratch: a larger rate than the paper's fine-tuning one, one rate everywhere.
-      lr=0.02, head_lr_mult=1.0, weight_decay=1e-4, total_steps=1500,
-      bank_size=32, log_every=50, eval_every=500, checkpoint_every=500,
-      image_summaries=4)
+      'lr': 0.02, 'head_lr_mult': 1.0, 'weight_decay': 1e-4, 'total_steps': 1500,
+      'bank_size': 32, 'log_every': 50, 'eval_every': 500, 'checkpoint_every': 500,
+      'image_summaries': 4})

@@ -40,7 +40,7 @@ def _sgd(config, lr):
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """The paper's optimiser; the param tree must follow `param_groups`' naming."""
-  freeze_bn = bool(config.model.get('freeze_bn', False))
+  freeze_bn = bool(config.model.freeze_bn)
   return optax.multi_transform(
       {'backbone': _sgd(config, config.lr),
        'head': _sgd(config, config.lr * config.head_lr_mult),

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from ctt_jax import evaluation
+from ctt_jax import inference
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 # Cityscapes trainId (0..18) -> labelId (cityscapesscripts labels.py).
@@ -89,6 +89,10 @@ def predict_directory(config: ml_collections.ConfigDict, model, state, input_dir
     output_dir: created if needed; layout in the module docstring.
     palette: uint8 [C, 3] class colours.
     network: 'teacher_k', 'student_k' or 'ensemble'.
+
+  An image that cannot be decoded is skipped with a warning (the others are still
+  written); the last line printed says how many files were written, where, and which
+  images were skipped.
   """
   palette = np.asarray(palette, np.uint8)
   if len(palette) > 256:
@@ -97,12 +101,17 @@ def predict_directory(config: ml_collections.ConfigDict, model, state, input_dir
   relative_paths = find_images(input_dir)
   logging.info('Predicting %d images of %s with %s.', len(relative_paths), input_dir,
                network)
-  written = []
+  written, unreadable = [], []
   for i, relative in enumerate(relative_paths):
-    image = read_image(os.path.join(input_dir, relative))
+    try:
+      image = read_image(os.path.join(input_dir, relative))
+    except ValueError as e:  # one bad file must not cost the predictions of the others
+      logging.warning('Skipped: %s', e)
+      unreadable.append(relative)
+      continue
     # One image at a time at its own size: each new size compiles once (jit cache).
-    classes = np.asarray(evaluation.predict_batch(config, model, state, image[None],
-                                                  network=network))[0]
+    classes = np.asarray(inference.predict_batch(config, model, state, image[None],
+                                                 network=network))[0]
     subdir, name = os.path.split(relative)
     stem = os.path.splitext(name)[0]
     path = _output_path(output_dir, 'color', subdir, f'{stem}_color.png')
@@ -114,4 +123,13 @@ def predict_directory(config: ml_collections.ConfigDict, model, state, input_dir
       written.append(path)
     if (i + 1) % 50 == 0:
       logging.info('Predicted %d / %d images.', i + 1, len(relative_paths))
+  if unreadable and not written:
+    raise ValueError(f'None of the {len(unreadable)} images in {input_dir} could be read '
+                     f'(e.g. {unreadable[0]}); pass a folder of valid .png or .jpg images.')
+  summary = (f'Wrote {len(written)} PNG files for {len(relative_paths) - len(unreadable)} '
+             f'images to {output_dir}')
+  if unreadable:
+    summary += (f'; skipped {len(unreadable)} unreadable images ({", ".join(unreadable[:5])}'
+                f'{", ..." if len(unreadable) > 5 else ""})')
+  print(summary + '.', flush=True)
   return written

@@ -117,3 +117,35 @@ def mix(mask, values):
   rolled = jnp.roll(values, -1, axis=0)
   m = mask.reshape(mask.shape + (1,) * (values.ndim - mask.ndim))
   return jnp.where(m, values, rolled)
+
+
+def build(rng, images, class_probs, valid, *, kind: str, aug, num_classes: int):
+  """The students' view of the unlabeled batch and the mask that mixed it.
+
+  images: [B, H, W, 3] in [0, 1] (weak view); class_probs: [B, H, W, C], whose argmax
+  chooses ClassMix's classes (the teachers' mean softmax); valid: bool [B, H, W].
+  kind: 'classmix', 'cutmix' or 'none'; aug: the `strong_aug` config (jitter, blur,
+  CutMix area). Returns (mixed strong images, bool mask [B, H, W]); the same mask must
+  mix every network's pseudo-labels.
+  """
+  k_jitter, k_blur, k_mix = jax.random.split(rng, 3)
+  strong = color_jitter(k_jitter, images, brightness=aug.brightness, contrast=aug.contrast,
+                        saturation=aug.saturation, hue=aug.hue, prob=aug.color_jitter_prob)
+  strong = gaussian_blur(k_blur, strong, prob=aug.blur_prob, sigma_min=aug.blur_sigma_min,
+                         sigma_max=aug.blur_sigma_max)
+  batch, height, width = valid.shape
+  if kind == 'classmix':
+    class_map = jnp.where(valid, class_probs.argmax(-1), -1)
+    mask = classmix_masks(k_mix, class_map, num_classes)
+  elif kind == 'cutmix':
+    mask = cutmix_masks(k_mix, batch, height, width, aug.cutmix_area)
+  elif kind == 'none':
+    mask = jnp.ones(valid.shape, bool)
+  else:
+    raise ValueError(f'Unknown unlabeled_aug {kind!r}; valid: classmix, cutmix, none.')
+  return mix(mask, strong), mask
+
+
+def mix_stacked(mask, values):
+  """`mix` applied to each network's map: values [n, B, H, W] -> [n, B, H, W]."""
+  return jnp.moveaxis(mix(mask, jnp.moveaxis(values, 0, -1)), -1, 0)

@@ -1,10 +1,12 @@
 """The training program: data, state, the sharded step, CLU metrics, orbax checkpoints,
 periodic evaluation; `evaluate_checkpoint` and `predict` for the other modes of main.py.
 
-Read it top to bottom: `train_and_evaluate` is the whole loop.
+Read it top to bottom: `train_and_evaluate` is the whole loop; the helpers below it each
+do one thing (log a window of metrics, evaluate and write, checkpoint).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -14,24 +16,32 @@ from typing import Any, Optional
 from absl import logging
 from clu import metric_writers
 from clu import parameter_overview
-from clu import periodic_actions
 import jax
 import ml_collections
 import numpy as np
 
 from ctt_jax import checkpointing
+from ctt_jax import config_validation
 from ctt_jax import data as data_lib
-from ctt_jax import evaluation
+from ctt_jax import inference
+from ctt_jax import methods as methods_lib
+from ctt_jax import metrics as metrics_lib
 from ctt_jax import models
 from ctt_jax import predict as predict_lib
 from ctt_jax import sharding
+from ctt_jax import stacked
 from ctt_jax import train_state as state_lib
 from ctt_jax import train_step as step_lib
 from ctt_jax import visualize
+from ctt_jax import workdir_lock
 
 
 class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or inf; the last good checkpoint is left untouched."""
+
+
+class Preempted(RuntimeError):
+  """SIGTERM arrived; a checkpoint was written and the run stopped (exit status 143)."""
 
 
 class _Preemption:
@@ -54,51 +64,13 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _variables_hook(config):
-  """Loads converted pretrained weights into each student (same backbone, own head)."""
-  if not config.model.get('pretrained'):
-    return None
-  from ctt_jax.models import weights  # pylint: disable=g-import-not-at-top
-  pretrained = weights.load_pretrained(config.model.pretrained, config.model)
-  return lambda variables: weights.merge_pretrained(
-      variables, pretrained, skip_head=bool(config.model.skip_head))
-
-
-def _self_training_teacher(config, model, image_shape, state):
-  """Self-training stage 2: the fixed teachers are stage 1's (supervised) students."""
-  stage1 = config.self_training_teacher_workdir
-  if not stage1:
-    raise ValueError('method=self_training needs self_training_teacher_workdir=<workdir of '
-                     'a finished method=supervised run>.')
-  manager = checkpointing.make_manager(stage1, keep=1, asynchronous=False)
-  if manager.latest_step() is None:
-    raise FileNotFoundError(f'self_training_teacher_workdir={stage1!r} has no checkpoint; '
-                            'train stage 1 with method=supervised there first.')
-  abstract = state_lib.abstract_train_state(config, model, image_shape)
-  stage1_state, _ = checkpointing.restore(manager, abstract)
-  return state.replace(teacher_params=stage1_state.params,
-                       teacher_batch_stats=stage1_state.batch_stats)
-
-
-def _host_scalars(metrics: dict[str, Any]) -> dict[str, float]:
-  return {k: float(v) for k, v in jax.device_get(metrics).items()}
-
-
-def _check_finite(metrics: dict[str, float], step: int, workdir: str, last_saved):
-  if metrics.get('loss_finite', 1.0) < 1.0 or not math.isfinite(metrics['loss']):
-    raise NonFiniteLossError(
-        f'The training loss became {metrics["loss"]} at step {step}; the update was not '
-        f'applied and the run stopped. The last good checkpoint (step {last_saved}) in '
-        f'{workdir}/checkpoints is intact: lower the learning rate or check the data, '
-        'then rerun the same command to resume from it.')
-
-
-class Trainer:
-  """What the three modes share: model, mesh, data, state, jitted functions."""
+class Run:
+  """What every mode shares: config, method, model, mesh, checkpoints and state shapes."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, *,
-               for_training: bool = True, asynchronous_checkpoints: bool = True):
+               asynchronous_checkpoints: bool):
     self.config, self.workdir = config, workdir
+    self.method = methods_lib.from_config(config)
     self.mesh = sharding.make_mesh()
     self.model = models.get_model(config.model, config.num_classes)
     self.image_shape = tuple(config.data.crop_size)
@@ -107,195 +79,327 @@ class Trainer:
     abstract = state_lib.abstract_train_state(config, self.model, self.image_shape)
     self.abstract_state = checkpointing.abstract_with_sharding(
         abstract, sharding.replicated(self.mesh))
-    self.step = 0
-    self.state = None
-    if self.manager.latest_step() is not None:
-      self.state, self.step = checkpointing.restore(self.manager, self.abstract_state)
-      logging.info('Resumed from the checkpoint of step %d in %s.', self.step, workdir)
-    self.datasets = data_lib.build_datasets(
-        config, start_step=self.step, process_index=jax.process_index(),
-        process_count=jax.process_count())
-    if for_training and self.state is None:
-      self.state = self._init_state()
-    eval_fn = evaluation.make_eval_step(config, self.model)
-    rep, data = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
-    self.eval_step = jax.jit(eval_fn, in_shardings=(rep, data), out_shardings=rep)
 
-  def _init_state(self):
+  def restore(self, step: Optional[int] = None, *, quarantine: bool = False):
+    """(state, step) of checkpoint `step`, or the newest good one (a corrupt newer step
+    is reported and, with `quarantine` (training), moved aside)."""
+    if self.manager.latest_step() is None:
+      raise FileNotFoundError(f'No checkpoint in {self.workdir}/checkpoints; train first '
+                              'or pass the workdir of a finished run.')
+    return checkpointing.restore(self.manager, self.abstract_state, step,
+                                 quarantine=quarantine)
+
+  def jit_eval_step(self):
+    rep, data = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
+    return jax.jit(inference.make_eval_step(self.config, self.model),
+                   in_shardings=(rep, data), out_shardings=rep)
+
+  def init_state(self):
     config = self.config
-    rng = jax.random.key(config.seed)
-    state = state_lib.init_train_state(config, self.model, rng, self.image_shape,
+    state = state_lib.init_train_state(config, self.model, jax.random.key(config.seed),
+                                       self.image_shape,
                                        variables_hook=_variables_hook(config))
-    if config.method == 'self_training':
-      state = _self_training_teacher(config, self.model, self.image_shape, state)
+    if self.method.stage1_teacher:
+      state = _stage1_teacher(self, state)
     return sharding.replicate(state, self.mesh)
 
-  def evaluate(self, state) -> dict[str, Any]:
-    batches = (sharding.global_batch(b, self.mesh) for b in self.datasets.eval_batches())
-    return evaluation.evaluate(self.eval_step, state, batches, self.config)
 
-  def image_summaries(self, state, count: int) -> Optional[np.ndarray]:
-    """Input, ground truth and every network's prediction for the first val images."""
-    if count <= 0:
-      return None
-    batch = next(iter(self.datasets.eval_batches()))
-    images = batch['image'][:count]
-    labels = np.where(batch['valid'][:count], batch['label'][:count],
-                      self.config.ignore_label)
-    predictions = {name: np.asarray(evaluation.predict_batch(
-        self.config, self.model, state, images, network=name))
-                   for name in evaluation.network_names(self.config)}
-    return visualize.summary_grid(images, labels, predictions, self.datasets.palette)
+def _variables_hook(config):
+  """Loads converted pretrained weights into each student (same backbone, own head)."""
+  if not config.model.pretrained:
+    return None
+  from ctt_jax.models import weights  # pylint: disable=g-import-not-at-top
+  pretrained = weights.load_pretrained(config.model.pretrained, config.model)
+  return lambda variables: weights.merge_pretrained(
+      variables, pretrained, skip_head=bool(config.model.skip_head))
+
+
+def _stage1_teacher(run: Run, state):
+  """Self-training stage 2: the fixed teachers are stage 1's (supervised) students."""
+  stage1 = run.config.self_training_teacher_workdir
+  if not stage1:
+    raise ValueError(f'method={run.method.name} needs self_training_teacher_workdir=<workdir '
+                     'of a finished method=supervised run>.')
+  manager = checkpointing.make_manager(stage1, keep=1, asynchronous=False)
+  if manager.latest_step() is None:
+    raise FileNotFoundError(f'self_training_teacher_workdir={stage1!r} has no checkpoint; '
+                            'train stage 1 with method=supervised there first.')
+  stage1_state, _ = checkpointing.restore(manager, run.abstract_state)
+  return state.replace(teacher_params=stage1_state.params,
+                       teacher_batch_stats=stage1_state.batch_stats)
+
+
+class _TrainLog:
+  """Training metrics read one step late (so dispatch stays asynchronous), checked for
+  non-finite losses, averaged over `log_every` steps, written, and summed up in one
+  progress line."""
+
+  def __init__(self, run: Run, writer, images_per_step: int, total_steps: int,
+               class_names: tuple[str, ...]):
+    self.run, self.writer, self.images_per_step = run, writer, images_per_step
+    self.total_steps, self.class_names = total_steps, class_names
+    self.pending, self.window, self.window_start = None, [], time.time()
+    self.last_saved = run.manager.latest_step()
+    self.warned_banks = False
+
+  def check(self, step: int, metrics) -> dict[str, float]:
+    values = {k: np.asarray(v) if np.ndim(v) else float(v)
+              for k, v in jax.device_get(metrics).items()}
+    if values.get('loss_finite', 1.0) < 1.0 or not math.isfinite(values['loss']):
+      where = (f'The last good checkpoint (step {self.last_saved}) in {self.run.workdir}/'
+               'checkpoints is intact: lower the learning rate or check the data, then '
+               'rerun the same command to resume from it.' if self.last_saved is not None
+               else 'No checkpoint was written yet: lower the learning rate or check the '
+               'data, then start again.')
+      raise NonFiniteLossError(f'The training loss became {values["loss"]} at step {step}; '
+                               f'the update was not applied and the run stopped. {where}')
+    return values
+
+  def flush_pending(self):
+    """Checks the metrics not read yet (before a checkpoint, and at the end)."""
+    if self.pending is not None:
+      self.window.append(self.check(*self.pending))
+      self.pending = None
+
+  def add(self, step: int, metrics, write: bool):
+    """Metrics of step `step` (0-based); `write` averages and writes the window."""
+    self.flush_pending()
+    self.pending = (step, metrics)
+    if not write:
+      return
+    self.flush_pending()
+    last = self.window[-1]
+    scalars = {k: float(np.mean([m[k] for m in self.window])) for k in last
+               if np.ndim(last[k]) == 0}
+    if 'pseudo_confusion' in last:
+      scalars.update(self._pseudo_label_iou(sum(m['pseudo_confusion'] for m in self.window)))
+    steps_per_sec = len(self.window) / (time.time() - self.window_start)
+    scalars['steps_per_sec'] = steps_per_sec
+    scalars['images_per_sec'] = steps_per_sec * self.images_per_step
+    self.writer.write_scalars(step + 1, {f'train/{k}': v for k, v in scalars.items()})
+    self._progress(step + 1, scalars)
+    self.window, self.window_start = [], time.time()
+
+  def _pseudo_label_iou(self, confusion) -> dict[str, float]:
+    """Per-class IoU of each pseudo-labelling network on the unlabeled images of the
+    window (where the data has their labels): confirmation bias as it happens."""
+    role = 'teacher' if self.run.method.pseudo_labels_from == 'teachers' else 'student'
+    scalars = {}
+    for k, cm in enumerate(confusion):
+      miou, per_class = metrics_lib.iou_from_confusion(cm)
+      scalars[f'pseudo_iou/{role}_{k}/miou'] = miou
+      for name, iou in zip(self.class_names, per_class):
+        if not math.isnan(iou):
+          scalars[f'pseudo_iou/{role}_{k}/{name.replace(" ", "_")}'] = float(iou)
+    return scalars
+
+  def _progress(self, done: int, scalars: dict[str, float]):
+    left = (self.total_steps - done) / max(scalars['steps_per_sec'], 1e-9)
+    logging.info('Step %d/%d: loss %.4f, %.2f steps/s, ETA %dm%02ds.', done,
+                 self.total_steps, scalars['loss'], scalars['steps_per_sec'],
+                 left // 60, left % 60)
+    # Banks that have not filled after a tenth of the run usually never will (a class
+    # that is absent, or never predicted right, among the labeled pixels).
+    if (not self.warned_banks and self.run.config.contrastive_start_step < 0
+        and scalars.get('contrastive_active', 1.0) == 0.0
+        and done >= self.total_steps // 10):
+      self.warned_banks = True
+      logging.warning(
+          'HC/LC have not started at step %d: the memory banks are %.0f%% full and start '
+          'the contrastive terms only when every queue is full; a class absent from the '
+          'labeled pixels keeps its queue from filling: set contrastive_start_step to '
+          'start anyway.', done, 100 * scalars.get('bank_fill', 0.0))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (resuming from `workdir` if it holds checkpoints), evaluates, returns results."""
-  os.makedirs(workdir, exist_ok=True)
-  trainer = Trainer(config, workdir)
-  datasets, mesh = trainer.datasets, trainer.mesh
-  is_chief = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
-  if is_chief:
-    data_lib.write_labeled_ids(datasets, workdir)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-  if trainer.step == 0:
-    writer.write_hparams({k: v for k, v in _flatten(config).items()
-                          if isinstance(v, (int, float, str, bool))})
-    parameter_overview.log_parameter_overview(
-        state_lib.tree_index(jax.device_get(trainer.state.params), 0),
-        msg='Parameters of one student')
+  """Trains (resuming from `workdir` if it holds checkpoints), evaluates, returns results.
 
-  step_fn = step_lib.make_train_step(config, trainer.model, datasets.num_labeled)
-  train_step = sharding.jit_train_step(step_fn, mesh)
-  bank_k = step_lib.bank_k_per_step(config, datasets.num_labeled)
+  One run writes a workdir at a time: a second one is refused (workdir_lock), and so is a
+  resume whose config changes more than the keys that are safe to change.
+  """
+  workdir_lock.check_workdir(workdir)
+  lock = workdir_lock.acquire(workdir)
+  try:
+    return _train_and_evaluate(config, workdir)
+  finally:
+    lock.release()
+
+
+def _check_resume(run: Run):
+  """Refuses a resume whose config differs from config.json in unsafe keys; logs the
+  safe differences (periods, total_steps, paths, ...)."""
+  path = os.path.join(run.workdir, 'config.json')
+  if run.manager.latest_step() is None or not os.path.exists(path):
+    return
+  with open(path) as f:
+    stored = json.load(f)
+  unsafe, safe = config_validation.compare_for_resume(stored, run.config.to_dict())
+  if unsafe:
+    raise config_validation.resume_error(run.workdir, unsafe)
+  if safe:
+    logging.warning('Resuming with changed keys (stored -> current): %s.',
+                    config_validation.describe(safe))
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  run = Run(config, workdir, asynchronous_checkpoints=True)
+  _check_resume(run)
+  step, total = 0, int(config.total_steps)
+  if run.manager.latest_step() is not None:
+    state, step = run.restore(quarantine=True)
+    logging.info('Resumed from the checkpoint of step %d in %s.', step, workdir)
+    if step >= total:
+      return _report_finished(run, step)
+  else:
+    state = run.init_state()
+  datasets = data_lib.build_datasets(config, start_step=step,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+  writer = _start_writer(run, datasets, state, step)
+  train_step = sharding.jit_train_step(
+      step_lib.make_train_step(config, run.model, datasets.num_labeled), run.mesh)
   logging.info('Method %s, %d pair(s), %d labeled images, bank k_per_step=%d.',
-               config.method, config.num_pairs, datasets.num_labeled, bank_k)
-  _warn_if_banks_cannot_fill(config)
-
-  total = int(config.total_steps)
-  report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
-  preemption = _Preemption()
-  base_rng = jax.random.key(config.seed + 1)
-  state, step = trainer.state, trainer.step
-  results = {}
-  last_saved = trainer.manager.latest_step()
-  pending = None  # metrics of the previous step, read one step late to keep dispatch async
-  log_window, window_start = [], time.time()
-  kill_at = int(os.environ.get('CTT_DEBUG_SIGKILL_AFTER_SAVE_STEP', '-1'))
+               run.method.name, run.method.num_pairs, datasets.num_labeled,
+               step_lib.bank_k_per_step(config, datasets.num_labeled))
+  eval_step = run.jit_eval_step()
+  log = _TrainLog(run, writer, run.method.input_streams * config.batch_size, total,
+                  datasets.class_names)
+  preemption, base_rng, results = _Preemption(), jax.random.key(config.seed + 1), {}
   try:
     while step < total:
       batch = {'labeled': next(datasets.labeled), 'unlabeled': next(datasets.unlabeled)}
-      batch = sharding.global_batch(batch, mesh)
+      batch = sharding.global_batch(batch, run.mesh)
       state, metrics = train_step(state, batch, jax.random.fold_in(base_rng, step))
-      if pending is not None:
-        prev_step, prev = pending
-        prev = _host_scalars(prev)
-        _check_finite(prev, prev_step, workdir, last_saved)
-        log_window.append(prev)
-      pending = (step, metrics)
       step += 1
-      report(step)
-      if step % config.log_every == 0 or step == total:
-        last = _host_scalars(metrics)
-        _check_finite(last, step - 1, workdir, last_saved)
-        pending = None
-        log_window.append(last)
-        scalars = {f'train/{k}': float(np.mean([m[k] for m in log_window]))
-                   for k in log_window[-1]}
-        scalars['train/steps_per_sec'] = len(log_window) / (time.time() - window_start)
-        streams = 1 if config.method == 'supervised' else 2  # labeled (+ unlabeled)
-        scalars['train/images_per_sec'] = (scalars['train/steps_per_sec']
-                                           * streams * config.batch_size)
-        writer.write_scalars(step, scalars)
-        log_window, window_start = [], time.time()
-      metrics_for_ckpt = None
+      log.add(step - 1, metrics, write=step % config.log_every == 0 or step == total)
+      ranking = None
       if step % config.eval_every == 0 or step == total:
-        with report.timed('eval'):
-          results = _evaluate_and_write(trainer, state, step, writer)
-        metrics_for_ckpt = {checkpointing.BEST_METRIC: results[results['best']]['miou']}
+        results = _evaluate_and_write(run, datasets, eval_step, state, step, writer)
+        ranking = {checkpointing.BEST_METRIC: results[results['best']]['miou']}
       stop_here = preemption.requested or step == config.stop_at_step
-      if (step % config.checkpoint_every == 0 or step == total or stop_here
-          or metrics_for_ckpt is not None):
-        if pending is not None:  # never checkpoint a step whose loss was not checked
-          _check_finite(_host_scalars(pending[1]), pending[0], workdir, last_saved)
-        checkpointing.save(trainer.manager, step, state, metrics_for_ckpt)
-        last_saved = step
-        if step == kill_at:  # test hook: die while the asynchronous save is in flight
-          os.kill(os.getpid(), signal.SIGKILL)
+      if step % config.checkpoint_every == 0 or step == total or stop_here or ranking:
+        log.flush_pending()  # never checkpoint a step whose loss was not checked
+        checkpointing.save(run.manager, step, state, ranking)
+        log.last_saved = step
       if stop_here:
-        logging.warning('Stopped at step %d (%s); rerun the same command to resume.', step,
-                        'SIGTERM' if preemption.requested else 'stop_at_step')
         break
-    if pending is not None:
-      _check_finite(_host_scalars(pending[1]), pending[0], workdir, last_saved)
+    log.flush_pending()
   finally:
-    trainer.manager.wait_until_finished()
+    checkpointing.finalize(run.manager)
     preemption.restore()
     writer.flush()
-  if results and is_chief:
+  if preemption.requested:
+    raise Preempted(f'SIGTERM: stopped at step {step} with a checkpoint in {workdir}; rerun '
+                    'the same command to resume.')
+  if step < total:
+    logging.warning('Stopped at step %d (stop_at_step); rerun the same command to resume.',
+                    step)
+  if results and jax.process_index() == 0:
     _print_miou_table(results, datasets.class_names, step)
-  trainer.state = state
   return results
 
 
-def _evaluate_and_write(trainer: Trainer, state, step: int, writer) -> dict[str, Any]:
-  config = trainer.config
-  results = trainer.evaluate(state)
-  names = evaluation.network_names(config)
-  writer.write_scalars(step, {f'val/miou_{name}': results[name]['miou'] for name in names})
-  grid = trainer.image_summaries(state, int(config.image_summaries))
-  if grid is not None:
-    writer.write_images(step, {'val/input_truth_predictions': grid})
+def _start_writer(run: Run, datasets, state, step: int):
+  """The CLU writer; process 0 also records the run (config, labeled ids, hparams)."""
+  is_chief = jax.process_index() == 0
+  # TensorBoard events only (process 0): the console gets the one progress line of
+  # _TrainLog, not every scalar (clu's LoggingWriter would print them all).
+  writer = (metric_writers.AsyncWriter(metric_writers.SummaryWriter(run.workdir))
+            if is_chief else metric_writers.MultiWriter([]))
+  if is_chief:
+    data_lib.write_labeled_ids(datasets, run.workdir)
+    with open(os.path.join(run.workdir, 'config.json'), 'w') as f:
+      f.write(run.config.to_json_best_effort(indent=2))
+  if step == 0:
+    writer.write_hparams({k: v for k, v in _flatten(run.config).items()
+                          if isinstance(v, (int, float, str, bool))})
+    student = stacked.tree_index(jax.device_get(state.params), 0)
+    # The full table goes to TensorBoard's text tab; the log gets the count.
+    writer.write_texts(0, {'parameters_of_one_student': '```\n' + (
+        parameter_overview.get_parameter_overview(student)) + '\n```'})
+    logging.info('%s parameters per student.',
+                 f'{parameter_overview.count_parameters(student):,}')
+  return writer
+
+
+def _report_finished(run: Run, step: int) -> dict[str, Any]:
+  """A rerun of a finished run: says so and prints the final evaluation again."""
+  path = os.path.join(run.workdir, 'eval', f'step_{step:08d}.json')
+  print(f'This run already finished: {run.workdir} holds the checkpoint of step {step} = '
+        f'total_steps; raise total_steps to train further.', flush=True)
+  if not os.path.exists(path):
+    return {}
+  results = metrics_lib.read_eval_json(path)
   if jax.process_index() == 0:
-    path = os.path.join(trainer.workdir, 'eval', f'step_{step:08d}.json')
-    evaluation.write_eval_json(results, path, trainer.datasets.class_names)
-  best = results['best']
-  logging.info('Step %d: val mIoU %s (best: %s)', step,
-               ', '.join(f'{n} {results[n]["miou"]:.4f}' for n in names), best)
+    _print_miou_table(results, results['class_names'], step)
   return results
+
+
+def _evaluate_and_write(run: Run, datasets, eval_step, state, step: int, writer):
+  batches = (sharding.global_batch(b, run.mesh) for b in datasets.eval_batches())
+  names = run.method.network_names()
+  results = metrics_lib.evaluate(eval_step, state, batches, names, run.config.num_classes)
+  writer.write_scalars(step, {f'val/miou_{name}': results[name]['miou'] for name in names})
+  grid = _image_summaries(run, datasets, state, int(run.config.image_summaries))
+  if grid is not None:
+    writer.write_images(step, {'val/input_truth_' + '_'.join(names): grid})
+  if jax.process_index() == 0:
+    path = os.path.join(run.workdir, 'eval', f'step_{step:08d}.json')
+    metrics_lib.write_eval_json(results, path, datasets.class_names)
+  logging.info('Step %d: val mIoU %s (best: %s)', step,
+               ', '.join(f'{n} {results[n]["miou"]:.4f}' for n in names), results['best'])
+  return results
+
+
+def _image_summaries(run: Run, datasets, state, count: int) -> Optional[np.ndarray]:
+  """Input, ground truth and every network's prediction for the first val images."""
+  if count <= 0:
+    return None
+  batch = next(iter(datasets.eval_batches()))
+  images = batch['image'][:count]
+  labels = np.where(batch['valid'][:count], batch['label'][:count],
+                    run.config.ignore_label)
+  predictions = {name: np.asarray(inference.predict_batch(
+      run.config, run.model, state, images, network=name))
+                 for name in run.method.network_names()}
+  return visualize.summary_grid(images, labels, predictions, datasets.palette)
 
 
 def evaluate_checkpoint(config, workdir, step: Optional[int] = None) -> dict[str, Any]:
-  """--mode=eval: scores every student and teacher of a checkpoint, writes JSON."""
-  trainer = Trainer(config, workdir, for_training=False, asynchronous_checkpoints=False)
-  if trainer.manager.latest_step() is None:
-    raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints to evaluate; train '
-                            'first or pass the workdir of a finished run.')
-  state, step = checkpointing.restore(trainer.manager, trainer.abstract_state, step)
-  results = trainer.evaluate(state)
-  path = os.path.join(workdir, 'eval', f'eval_step_{step:08d}.json')
+  """--mode=eval: scores every student and teacher of a checkpoint; prints the table,
+  then writes the JSON."""
+  workdir_lock.check_workdir(workdir, for_writing=False)
+  run = Run(config, workdir, asynchronous_checkpoints=False)
+  state, step = run.restore(step)
+  data = data_lib.build_datasets(config, training=False, process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+  batches = (sharding.global_batch(b, run.mesh) for b in data.eval_batches())
+  results = metrics_lib.evaluate(run.jit_eval_step(), state, batches,
+                                 run.method.network_names(), config.num_classes)
   if jax.process_index() == 0:
-    evaluation.write_eval_json(results, path, trainer.datasets.class_names)
-    _print_miou_table(results, trainer.datasets.class_names, step)
+    _print_miou_table(results, data.class_names, step)
+    path = os.path.join(workdir, 'eval', f'eval_step_{step:08d}.json')
+    try:
+      metrics_lib.write_eval_json(results, path, data.class_names)
+    except OSError as e:
+      logging.error('Could not write %s (%s); the table above holds the results.', path,
+                    e.strerror or e)
   return results
 
 
 def predict(config, workdir, input_dir: str, output_dir: str, network: str = '',
             step: Optional[int] = None) -> list[str]:
   """--mode=predict: writes coloured (and Cityscapes labelId) PNGs for a folder of images."""
-  trainer = Trainer(config, workdir, for_training=False, asynchronous_checkpoints=False)
-  if trainer.manager.latest_step() is None:
-    raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints to predict with.')
-  state, _ = checkpointing.restore(trainer.manager, trainer.abstract_state, step)
-  network = network or ('ensemble' if config.method == 'ensemble' else 'teacher_0')
-  return predict_lib.predict_directory(config, trainer.model, state, input_dir, output_dir,
-                                       trainer.datasets.palette, network=network)
-
-
-def _warn_if_banks_cannot_fill(config):
-  if config.method == 'supervised' or not (config.use_hc or config.use_lc):
-    return
-  if config.contrastive_start_step < 0:
-    logging.warning(
-        'HC/LC start only when every queue of every bank holds %d features. A class that '
-        'never appears (and is predicted correctly by the teacher) among the labeled '
-        'pixels keeps its queue from filling, and then HC/LC never start: watch '
-        'train/bank_fill and set contrastive_start_step to start anyway.', config.bank_size)
+  workdir_lock.check_workdir(workdir, for_writing=False)
+  run = Run(config, workdir, asynchronous_checkpoints=False)
+  state, _ = run.restore(step)
+  _, palette = data_lib.class_info(config.data.name)
+  return predict_lib.predict_directory(config, run.model, state, input_dir, output_dir,
+                                       palette, network=network or run.method.default_network)
 
 
 def _print_miou_table(results, class_names, step):
-  names = [n for n in results if n != 'best']
+  names = [n for n in results if n not in ('best', 'class_names')]
   lines = [f'Validation mIoU at step {step}:', '| network | mIoU | '
            + ' | '.join(class_names) + ' |', '|---|---|' + '---|' * len(class_names)]
   for n in names:
@@ -313,4 +417,3 @@ def _flatten(config, prefix=''):
     else:
       out[prefix + k] = v
   return out
-

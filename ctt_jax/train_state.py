@@ -14,6 +14,7 @@ import ml_collections
 
 from ctt_jax import memory_bank
 from ctt_jax import optim
+from ctt_jax.stacked import tree_index, tree_stack
 
 PyTree = Any
 
@@ -27,15 +28,6 @@ class TrainState:
   teacher_batch_stats: PyTree
   opt_state: PyTree
   banks: memory_bank.MemoryBank  # feats [n, C, N, D], ptr/count [n, C]
-
-
-def tree_index(tree: PyTree, k: int) -> PyTree:
-  """Pair k of a stacked tree."""
-  return jax.tree.map(lambda x: x[k], tree)
-
-
-def tree_stack(trees: list[PyTree]) -> PyTree:
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 def feature_dim(model, image_shape) -> int:
@@ -81,7 +73,6 @@ def create_train_state(config: ml_collections.ConfigDict, variables: PyTree,
 
 
 def init_train_state(config: ml_collections.ConfigDict, model, rng, image_shape,
-                     num_labeled: Optional[int] = None,
                      variables_hook: Optional[Callable[[PyTree], PyTree]] = None,
                      ) -> TrainState:
   """Initialises n students (different rng), their teachers, optimiser and banks.
@@ -91,12 +82,9 @@ def init_train_state(config: ml_collections.ConfigDict, model, rng, image_shape,
     model: a Flax module returning {'logits', 'features'}.
     rng: PRNG key.
     image_shape: (H, W) of the training crops.
-    num_labeled: unused here; accepted so callers can pass the same arguments as to
-      `make_train_step`.
     variables_hook: applied to each student's variables before stacking, e.g. to load
       pretrained backbone weights (same backbone, different head init per student).
   """
-  del num_labeled
   variables = init_variables(model, rng, tuple(image_shape), int(config.num_pairs))
   if variables_hook is not None:
     students = [variables_hook(tree_index(variables, k)) for k in range(config.num_pairs)]

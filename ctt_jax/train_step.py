@@ -1,15 +1,15 @@
-"""The CTT train step: a pure function (state, batch, rng) -> (state, metrics).
+"""The CTT train step, as the paper's Algorithm 1: `train_step(state, batch, rng, *, ...)`.
 
-One step, for every method of SPEC's table (`supervised`, `mean_teacher`, `mutual`,
-`dual_teacher`, `ctt`, `ensemble`, `self_training`) and any number of pairs:
+    step = make_train_step(config, model, num_labeled)   # functools.partial of train_step
+    state, metrics = jax.jit(step)(state, batch, rng)
 
-1. the pseudo-labelling networks (teachers; the students themselves for `mutual`) predict
-   on the weak unlabeled view;
-2. the strong view is built on device: colour jitter + blur, then one ClassMix/CutMix mask
-   per image shared by all students, which also mixes the pseudo-labels;
-3. each student sees [labeled; strong unlabeled] in one forward pass; losses L_sup, L_ct,
-   HC and LC (SPEC items 1-9);
-4. SGD update, EMA teachers, then the banks take the teachers' confident labeled features.
+Every stage is a module-level pure function with explicit arguments: pseudo-labels
+(`pseudo_labels`), strong view and mixing (`unlabeled_targets`, `strong_view.build`), each
+loss term (`supervised_losses`, `cross_teacher_losses`, `high_level_terms`,
+`low_level_terms`), the EMA (`ema_decay`, `ema`) and the bank update (`push_banks`).
+What differs between methods comes from the method table (`ctt_jax.methods.Method`): who
+teaches whom, whether teachers follow by EMA, when the bank is pushed.
+SPEC items are cited as "SPEC n"; the comments of `train_step` number Algorithm 1's stages.
 """
 from __future__ import annotations
 
@@ -20,30 +20,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ctt_jax import images as image_ops
 from ctt_jax import losses
 from ctt_jax import memory_bank
+from ctt_jax import methods as methods_lib
+from ctt_jax import metrics as metrics_lib
 from ctt_jax import optim
+from ctt_jax import stacked
 from ctt_jax import strong_view
-from ctt_jax.train_state import TrainState, tree_index, tree_stack
+from ctt_jax.train_state import TrainState
 
-METHODS = ('supervised', 'mean_teacher', 'mutual', 'dual_teacher', 'ctt', 'ensemble',
-           'self_training')
-UNLABELED_AUGS = ('classmix', 'cutmix', 'none')
-
-
-def pseudo_label_sources(method: str, num_pairs: int) -> list[list[int]]:
-  """Which pseudo-labelling networks teach student k on unlabeled data (SPEC table)."""
-  everyone = list(range(num_pairs))
-  if method == 'supervised':
-    return [[] for _ in everyone]
-  if method in ('mean_teacher', 'ensemble', 'self_training'):
-    return [[k] for k in everyone]
-  if method == 'dual_teacher':
-    return [everyone for _ in everyone]
-  if method in ('ctt', 'mutual'):
-    # With one pair there is no other network: it falls back to its own (mean teacher).
-    return [[j for j in everyone if j != k] or [k] for k in everyone]
-  raise ValueError(f'Unknown method {method!r}; valid methods: {", ".join(METHODS)}.')
+PyTree = Any
 
 
 def bank_k_per_step(config, num_labeled: int) -> int:
@@ -55,302 +42,350 @@ def bank_k_per_step(config, num_labeled: int) -> int:
   return min(k, int(config.bank_size))
 
 
-def resize_labels_nearest(labels, size):
-  """Nearest-neighbour resize of [..., H, W] labels to [..., h, w] (pixel-centre sampling)."""
-  height, width = labels.shape[-2:]
-  h, w = size
-  if (h, w) == (height, width):
-    return labels
-  rows = jnp.floor((jnp.arange(h) + 0.5) * height / h).astype(jnp.int32)
-  cols = jnp.floor((jnp.arange(w) + 0.5) * width / w).astype(jnp.int32)
-  return labels[..., rows, :][..., cols]
+def pairs_layout(config) -> str:
+  return 'vmap' if config.vmap_pairs else 'unroll'
 
 
-def upsample_bilinear(logits, size):
-  """[..., h, w, C] -> [..., H, W, C], half-pixel centres (PyTorch align_corners=False)."""
-  shape = logits.shape[:-3] + tuple(size) + logits.shape[-1:]
-  return jax.image.resize(logits, shape, method='bilinear')
+# ----------------------------------------------------------------------------------------
+# Pseudo-labels and the strong view (SPEC 2, 3)
+# ----------------------------------------------------------------------------------------
 
 
-def normalize_images(images_01, config):
-  mean = jnp.asarray(config.image_mean, jnp.float32)
-  std = jnp.asarray(config.image_std, jnp.float32)
-  return (images_01 - mean) / std
+def pseudo_labels(logits, valid, ignore_label: int):
+  """Softmax, confidence and class of n networks at input size, the ignore label outside
+  `valid`. logits: [n, B, h, w, C]; valid: bool [B, H, W]."""
+  probs = jax.nn.softmax(image_ops.upsample_bilinear(logits, valid.shape[-2:]), axis=-1)
+  conf = probs.max(-1)  # [n, B, H, W]
+  pred = jnp.where(valid[None], probs.argmax(-1), ignore_label)
+  return probs, conf, pred
 
 
-def _check_config(config):
-  if config.method not in METHODS:
-    raise ValueError(f'Unknown method {config.method!r}; valid: {", ".join(METHODS)}.')
-  if config.unlabeled_aug not in UNLABELED_AUGS:
-    raise ValueError(f'Unknown unlabeled_aug {config.unlabeled_aug!r}; valid: '
-                     f'{", ".join(UNLABELED_AUGS)}.')
-  if config.ct_weighting not in ('batch_confident_fraction', 'none'):
-    raise ValueError(f'Unknown ct_weighting {config.ct_weighting!r}; valid: '
-                     'batch_confident_fraction, none.')
-  if config.bank_push not in ('after_update', 'before_update', 'none'):
-    raise ValueError(f'Unknown bank_push {config.bank_push!r}; valid: after_update, '
-                     'before_update, none.')
-  if config.num_pairs < 1:
-    raise ValueError(f'num_pairs must be >= 1, got {config.num_pairs}.')
+def ct_pixel_weights(pseudo_conf, valid, threshold: float, weighting: str):
+  """Per-pixel weights of L_ct (SPEC 4): [n, B, H, W]."""
+  if weighting == 'batch_confident_fraction':
+    # ClassMix: every pixel weighted by the fraction of confident pixels of the batch.
+    confident = (pseudo_conf >= threshold) & valid[None]
+    return jnp.broadcast_to(confident.mean(axis=(1, 2, 3), keepdims=True), pseudo_conf.shape)
+  if weighting == 'none':
+    return jnp.ones_like(pseudo_conf)
+  raise ValueError(f'Unknown ct_weighting {weighting!r}; valid: batch_confident_fraction, '
+                   'none.')
 
 
-class _Pairs:
-  """Runs one Flax model for n stacked variable sets (vmapped or unrolled)."""
-
-  def __init__(self, model, num_pairs: int, use_vmap: bool):
-    self.model, self.n, self.use_vmap = model, num_pairs, use_vmap
-
-  def __call__(self, params, batch_stats, images, train: bool):
-    """Returns (outputs stacked [n, ...], new batch_stats stacked)."""
-    def one(p, bs):
-      variables = {'params': p, 'batch_stats': bs}
-      if train:
-        out, updates = self.model.apply(variables, images, train=True,
-                                        mutable=['batch_stats'])
-        return out, updates.get('batch_stats', bs)
-      return self.model.apply(variables, images, train=False), bs
-
-    if self.use_vmap:
-      return jax.vmap(one)(params, batch_stats)
-    results = [one(tree_index(params, k), tree_index(batch_stats, k)) for k in range(self.n)]
-    return tree_stack([r[0] for r in results]), tree_stack([r[1] for r in results])
+def pseudo_label_confusion(pred, truth, valid, num_classes: int, ignore_label: int):
+  """int32 [n, C, C]: each network's pseudo-labels against the unlabeled images' ground
+  truth (a diagnostic only: rows = truth). pred: [n, B, H, W]; truth, valid: [B, H, W]."""
+  score = functools.partial(metrics_lib.confusion_matrix, label=truth, valid=valid,
+                            num_classes=num_classes, ignore_label=ignore_label)
+  return jax.vmap(score)(pred)
 
 
-def _ema(teacher, student, decay):
+def unlabeled_targets(pseudo_out, images_01, valid, rng, *, config, truth=None):
+  """Strong view of the unlabeled batch and its mixed pseudo-labels (SPEC 3, 4).
+
+  pseudo_out: the pseudo-labelling networks' outputs on the weak view, [n, B, ...].
+  truth: the unlabeled images' labels [B, H, W] if the data has them, for the
+  `pseudo_confusion` diagnostic; they never reach a loss.
+  Returns (strong images in [0, 1], targets {pseudo, pseudo_conf, ct_weight}, metrics).
+  """
+  ignore = config.ignore_label
+  probs, conf, pred = pseudo_labels(pseudo_out['logits'], valid, ignore)
+  strong, mix_mask = strong_view.build(rng, images_01, probs.mean(0), valid,
+                                       kind=config.unlabeled_aug, aug=config.strong_aug,
+                                       num_classes=config.num_classes)
+  # The same mask mixes every network's pseudo-labels and confidences: [n, B, H, W].
+  valid_mix = strong_view.mix(mix_mask, valid)
+  pseudo = jnp.where(valid_mix[None], strong_view.mix_stacked(mix_mask, pred), ignore)
+  pseudo_conf = jnp.where(valid_mix[None], strong_view.mix_stacked(mix_mask, conf), 0.0)
+  ct_weight = ct_pixel_weights(pseudo_conf, valid_mix, config.ct_confidence_threshold,
+                               config.ct_weighting)
+  n = conf.shape[0]
+  metrics = {
+      'pseudo_label_confidence': jnp.sum(conf * valid[None]) / jnp.maximum(n * valid.sum(),
+                                                                           1),
+      'ct_weight': ct_weight.mean()}
+  if truth is not None:
+    metrics['pseudo_confusion'] = pseudo_label_confusion(
+        pred, truth.astype(jnp.int32), valid, config.num_classes, ignore)
+  targets = {'pseudo': pseudo, 'pseudo_conf': pseudo_conf, 'ct_weight': ct_weight}
+  return strong, targets, metrics
+
+
+# ----------------------------------------------------------------------------------------
+# Loss terms (SPEC 1, 4-9)
+# ----------------------------------------------------------------------------------------
+
+
+def supervised_losses(logits_up, labels, ignore_label: int) -> list:
+  """L_sup of each student (SPEC 1): logits_up [n, B, H, W, C] on the labeled images."""
+  return [losses.cross_entropy(logits_up[k], labels, ignore_label=ignore_label)
+          for k in range(logits_up.shape[0])]
+
+
+def cross_teacher_losses(logits_up, pseudo, ct_weight, teachers_of, ignore_label: int):
+  """L_ct of each student (SPEC 4): mean CE against the networks that teach it.
+
+  logits_up: [n, B, H, W, C] on the strong view; pseudo, ct_weight: [n, B, H, W] of the
+  pseudo-labelling networks; teachers_of[k]: the networks that teach student k.
+  """
+  per_student = []
+  for k, teachers in enumerate(teachers_of):
+    terms = [losses.cross_entropy(logits_up[k], pseudo[j], weights=ct_weight[j],
+                                  ignore_label=ignore_label) for j in teachers]
+    per_student.append(sum(terms) / len(terms))
+  return per_student
+
+
+def contrastive_classes(pred_small, conf_small, labels_small, teachers_of):
+  """Class of each pixel for student k's contrastive terms (SPEC 5): [n, 2B, h, w].
+
+  Ground truth on the labeled half; on the unlabeled half the pseudo-label of the most
+  confident network among those that teach student k.
+  """
+  per_student = []
+  for teachers in teachers_of:
+    src = jnp.asarray(teachers)
+    best = jnp.argmax(conf_small[src], axis=0)
+    unlabeled = jnp.take_along_axis(pred_small[src], best[None], axis=0)[0]
+    per_student.append(jnp.concatenate([labels_small, unlabeled], axis=0))
+  return jnp.stack(per_student)
+
+
+def high_level_terms(feats, classes, quality, banks, bank_valid, temperature: float):
+  """Σ_k HC_k (SPEC 7): student k's confident pixels against its own teacher's bank."""
+  return sum(losses.high_level_contrastive(feats[k], classes[k], quality[k], banks.feats[k],
+                                           temperature, bank_valid=bank_valid[k])
+             for k in range(feats.shape[0]))
+
+
+def low_level_terms(feats, classes, quality, has_class, conf, banks, bank_valid,
+                    temperature: float, directional: bool):
+  """(Σ_k LC_k, mean mask fraction) (SPEC 8): unsure pixels of student k learn from each
+  peer l's feature at the same pixel; negatives from all banks."""
+  n = feats.shape[0]
+  total, fraction = 0.0, 0.0
+  for k in range(n):
+    peers = [l for l in range(n) if l != k]
+    terms = []
+    for l in peers:
+      mask = ~quality[k] & has_class[k]
+      if directional:
+        mask = mask & (conf[k] < conf[l])
+      fraction = fraction + mask.mean() / (n * len(peers))
+      terms.append(losses.low_level_contrastive(feats[k], feats[l], classes[k], mask,
+                                                banks.feats, temperature,
+                                                bank_valid=bank_valid))
+    total = total + sum(terms) / len(terms)
+  return total, fraction
+
+
+def contrastive_gate(banks, step, start_step: int):
+  """1.0 once every queue of every bank is full (SPEC 9), or from `start_step` (>= 0)."""
+  gate = memory_bank.is_full(banks)
+  if start_step >= 0:
+    gate = gate | (step >= start_step)
+  return gate.astype(jnp.float32)
+
+
+def contrastive_losses(logits, feats, targets, banks, step, *, method, config):
+  """([gated, weighted HC, LC], metrics) for the students' outputs; the caller adds the
+  terms to the loss one by one (Eq. 10's order)."""
+  h, w = logits.shape[-3:-1]
+  conf = jax.lax.stop_gradient(jax.nn.softmax(logits, axis=-1).max(-1))  # [n, 2B, h, w]
+  classes = contrastive_classes(
+      image_ops.resize_labels_nearest(targets['pseudo'], (h, w)),
+      image_ops.resize_labels_nearest(targets['pseudo_conf'], (h, w)),
+      image_ops.resize_labels_nearest(targets['labels'], (h, w)), method.teachers_of)
+  has_class = (classes >= 0) & (classes < config.num_classes)
+  quality = (conf > config.phi) & has_class  # m_k, Eq. 7
+  bank_valid = memory_bank.valid_entries(banks)  # [n, C, N]
+  gate = contrastive_gate(banks, step, config.contrastive_start_step)
+  metrics, terms = {'contrastive_active': gate}, []
+  if method.use_hc:
+    l_hc = high_level_terms(feats, classes, quality, banks, bank_valid, config.hc_temperature)
+    metrics.update(loss_hc=l_hc, hc_mask_fraction=quality.mean())
+    terms.append(gate * config.lambda_hc * l_hc)
+  if method.use_lc:
+    l_lc, lc_fraction = low_level_terms(feats, classes, quality, has_class, conf, banks,
+                                        bank_valid, config.lc_temperature,
+                                        config.directional_mask)
+    metrics.update(loss_lc=l_lc, lc_mask_fraction=lc_fraction)
+    terms.append(gate * config.lambda_lc * l_lc)
+  return terms, metrics
+
+
+def run_students(params, batch_stats, x_labeled, x_strong, dropout_rng, *, model, config):
+  """Students in train mode on the labeled and the strong unlabeled batch (SPEC 3):
+  (outputs [n, B|2B, ...], new batch_stats).
+
+  `student_bn_passes='separate'` runs the two batches as two passes, as the authors'
+  code does: with trained batch-norm each is normalised by its own statistics, and the
+  running statistics (what the teachers average) see both in turn. `'joint'` runs one
+  pass over [labeled; unlabeled]. With frozen batch-norm the two agree. Every student
+  and pass draws its own dropout masks from `dropout_rng`.
+  """
+  apply = functools.partial(stacked.apply, model, train=True, how=pairs_layout(config))
+  if x_strong is None or config.student_bn_passes == 'joint':
+    inputs = x_labeled if x_strong is None else jnp.concatenate([x_labeled, x_strong])
+    return apply(params, batch_stats, inputs, dropout_rng=dropout_rng)
+  out_l, stats = apply(params, batch_stats, x_labeled,
+                       dropout_rng=jax.random.fold_in(dropout_rng, 0))
+  out_u, stats = apply(params, stats, x_strong, dropout_rng=jax.random.fold_in(dropout_rng, 1))
+  return jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1), out_l, out_u), stats
+
+
+def loss_fn(params, batch_stats, banks, step, x_labeled, x_strong, targets, dropout_rng, *,
+            model, method, config):
+  """Eq. 10 for every student: (loss, (metrics, new batch_stats)).
+
+  x_labeled: [B, H, W, 3]; x_strong: the strong unlabeled view [B, H, W, 3], or None for
+  the supervised method.
+  """
+  out, new_stats = run_students(params, batch_stats, x_labeled, x_strong, dropout_rng,
+                                model=model, config=config)
+  logits, feats = out['logits'], out['features']  # [n, B|2B, h, w, ...]
+  b = targets['labels'].shape[0]
+  logits_up = image_ops.upsample_bilinear(logits, targets['labels'].shape[-2:])
+  sup = supervised_losses(logits_up[:, :b], targets['labels'], config.ignore_label)
+  metrics = {'loss_sup': sum(sup), **{f'loss_sup/{k}': v for k, v in enumerate(sup)}}
+  total = config.lambda_sup * metrics['loss_sup']
+  if not method.semi_supervised:
+    return total, (metrics, new_stats)
+  if method.use_ct:
+    ct = cross_teacher_losses(logits_up[:, b:], targets['pseudo'], targets['ct_weight'],
+                              method.teachers_of, config.ignore_label)
+    metrics.update(loss_ct=sum(ct), **{f'loss_ct/{k}': v for k, v in enumerate(ct)})
+    total = total + config.lambda_ct * metrics['loss_ct']
+  if method.use_hc or method.use_lc:
+    terms, contrastive_metrics = contrastive_losses(
+        logits, feats, targets, banks, step, method=method, config=config)
+    metrics.update(contrastive_metrics)
+    for term in terms:
+      total = total + term
+  return total, (metrics, new_stats)
+
+
+# ----------------------------------------------------------------------------------------
+# Teachers and banks (SPEC "Teachers", "Memory bank")
+# ----------------------------------------------------------------------------------------
+
+
+def ema_decay(step, max_decay: float, ema_teachers: bool):
+  """min(1 - 1/(step+1), max_decay); 1 (teachers fixed) when the method has no EMA."""
+  step_f = step.astype(jnp.float32)
+  decay = jnp.minimum(1.0 - 1.0 / (step_f + 1.0), max_decay)
+  return decay if ema_teachers else jnp.ones_like(decay)
+
+
+def ema(teacher: PyTree, student: PyTree, decay) -> PyTree:
   return jax.tree.map(lambda t, s: decay * t + (1.0 - decay) * s, teacher, student)
 
 
+def push_banks(banks, teacher_out, labels, *, k: int, ignore_label: int):
+  """Teacher k's confident labeled features into bank k (SPEC "Memory bank").
+
+  teacher_out: {'logits': [n, B, h, w, C], 'features': [n, B, h, w, D]} on the weak
+  labeled batch; labels: [B, H, W]. Candidates are pixels the teacher predicts correctly.
+  """
+  logits, feats = teacher_out['logits'], teacher_out['features']
+  n, (h, w) = logits.shape[0], logits.shape[-3:-1]
+  gt = image_ops.resize_labels_nearest(labels, (h, w))  # [B, h, w]
+  probs = jax.nn.softmax(logits, axis=-1)
+  pred, conf = probs.argmax(-1), probs.max(-1)
+  candidates = jnp.where(pred == gt[None], gt[None], ignore_label)  # [n, B, h, w]
+  dim = feats.shape[-1]
+  feats = feats / jnp.maximum(jnp.linalg.norm(feats, axis=-1, keepdims=True), 1e-12)
+  push = jax.vmap(functools.partial(memory_bank.push, k=k))
+  return push(banks, feats.reshape(n, -1, dim), candidates.reshape(n, -1),
+              conf.reshape(n, -1))
+
+
+def predict_eval_mode(model, params, batch_stats, images, config):
+  """Outputs of stacked networks in eval mode (running statistics), no gradient."""
+  out, _ = stacked.apply(model, params, batch_stats, images, train=False,
+                         how=pairs_layout(config))
+  return jax.lax.stop_gradient(out)
+
+
+# ----------------------------------------------------------------------------------------
+# The step
+# ----------------------------------------------------------------------------------------
+
+
+def train_step(state: TrainState, batch: dict[str, Any], rng, *, model,
+               method: methods_lib.Method, tx, config: ml_collections.ConfigDict,
+               bank_k: int) -> tuple[TrainState, dict[str, Any]]:
+  """One step of Algorithm 1 for every method of the table; pure and jit-able.
+
+  batch: docs/INTERFACES.md's train batch. A non-finite loss leaves the state unchanged
+  and reports `loss_finite` = 0; the training loop stops on it.
+  """
+  view_rng, dropout_rng = jax.random.split(rng)
+  unit = image_ops.to_unit_range
+  norm = functools.partial(image_ops.normalize, mean=config.image_mean, std=config.image_std)
+  x_l, labels = norm(unit(batch['labeled']['image'])), batch['labeled']['label'].astype(
+      jnp.int32)
+  targets, x_strong, banks, metrics = {'labels': labels}, None, state.banks, {}
+  if method.semi_supervised:
+    images_u, valid = unit(batch['unlabeled']['image']), batch['unlabeled']['valid'].astype(
+        bool)
+    # 1. Pseudo-labels: the teachers (the peers for `mutual`) on the weak view of xu. In
+    #    the paper's order the same pass also runs the labeled batch for the bank (step 7).
+    if method.pseudo_labels_from == 'students':
+      teaching_params, teaching_stats = state.params, state.batch_stats
+    else:
+      teaching_params, teaching_stats = state.teacher_params, state.teacher_batch_stats
+    before = method.bank_push == 'before_update'
+    weak = jnp.concatenate([x_l, norm(images_u)]) if before else norm(images_u)
+    pseudo_out = predict_eval_mode(model, teaching_params, teaching_stats, weak, config)
+    if before:
+      b = labels.shape[0]
+      banks = push_banks(banks, jax.tree.map(lambda x: x[:, :b], pseudo_out), labels,
+                         k=bank_k, ignore_label=config.ignore_label)
+      pseudo_out = jax.tree.map(lambda x: x[:, b:], pseudo_out)
+    # 2. Strong view (jitter, blur, one mix mask per image shared by all students) and the
+    #    pseudo-labels mixed by the same mask.
+    strong, unlabeled, unlabeled_metrics = unlabeled_targets(
+        pseudo_out, images_u, valid, view_rng, config=config,
+        truth=batch['unlabeled'].get('label'))
+    targets.update(unlabeled)
+    metrics.update(unlabeled_metrics)
+    x_strong = norm(strong)
+  # 3-5. Students on xl and the strong xu: L_sup, L_ct, HC, LC (Eq. 10), their gradient.
+  (loss, (loss_metrics, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params, state.batch_stats, banks, state.step, x_l, x_strong, targets,
+      dropout_rng, model=model, method=method, config=config)
+  # 6. SGD update of the students.
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+  # 7. EMA teachers, then (SPEC's order) the banks take the new teachers' labeled features.
+  decay = ema_decay(state.step, config.ema_decay, method.ema_teachers)
+  teacher_params = ema(state.teacher_params, params, decay)
+  teacher_stats = ema(state.teacher_batch_stats, new_stats, decay)
+  if method.semi_supervised and method.bank_push == 'after_update':
+    teacher_out = predict_eval_mode(model, teacher_params, teacher_stats, x_l, config)
+    banks = push_banks(banks, teacher_out, labels, k=bank_k, ignore_label=config.ignore_label)
+  new_state = state.replace(
+      step=state.step + 1, params=params, batch_stats=new_stats,
+      teacher_params=teacher_params, teacher_batch_stats=teacher_stats,
+      opt_state=opt_state, banks=banks)
+  # 8. A non-finite loss leaves the state as it was; the training loop stops on the flag.
+  finite = jnp.isfinite(loss)
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+  metrics.update(loss_metrics)
+  metrics.update(
+      loss=loss, loss_finite=finite.astype(jnp.float32),
+      lr=optim.poly_schedule(config, config.lr)(state.step), ema_decay=decay,
+      bank_fill=memory_bank.fill_fraction(banks),
+      grad_norm=jnp.sqrt(sum(jnp.sum(g.astype(jnp.float32) ** 2)
+                             for g in jax.tree.leaves(grads))))
+  return new_state, metrics
+
+
 def make_train_step(config: ml_collections.ConfigDict, model, num_labeled: int):
-  """Builds the (un-jitted) step. `step.trace_count[0]` counts how often it was traced."""
-  _check_config(config)
-  n = int(config.num_pairs)
-  method = config.method
-  num_classes = int(config.num_classes)
-  ignore = int(config.ignore_label)
-  sources = pseudo_label_sources(method, n)
-  semi = method != 'supervised'
-  use_ct = semi and config.use_ct
-  use_hc = semi and config.use_hc
-  use_lc = semi and config.use_lc and n > 1
-  bank_k = bank_k_per_step(config, num_labeled)
-  tx = optim.make_optimizer(config)
-  lr_schedule = optim.poly_schedule(config, config.lr)
-  pairs = _Pairs(model, n, bool(config.vmap_pairs))
-  sa = config.strong_aug
-  trace_count = [0]
-
-  def pseudo_labels(state, images_weak, valid):
-    """Predictions of the pseudo-labelling networks on the weak view, at input size."""
-    if method == 'mutual':
-      params, stats = state.params, state.batch_stats  # peers teach, not teachers
-    else:
-      params, stats = state.teacher_params, state.teacher_batch_stats
-    out, _ = pairs(params, stats, images_weak, train=False)
-    out = jax.lax.stop_gradient(out)
-    probs = jax.nn.softmax(upsample_bilinear(out['logits'], valid.shape[-2:]), axis=-1)
-    conf = probs.max(-1)  # [n, B, H, W]
-    pred = jnp.where(valid[None], probs.argmax(-1), ignore)
-    return probs, conf, pred, out
-
-  def strong_batch(rng, images01, probs, valid):
-    """Strong view, and the mixing mask shared by every student."""
-    k_jit, k_blur, k_mix = jax.random.split(rng, 3)
-    strong = strong_view.color_jitter(
-        k_jit, images01, brightness=sa.brightness, contrast=sa.contrast,
-        saturation=sa.saturation, hue=sa.hue, prob=sa.color_jitter_prob)
-    strong = strong_view.gaussian_blur(k_blur, strong, prob=sa.blur_prob,
-                                       sigma_min=sa.blur_sigma_min,
-                                       sigma_max=sa.blur_sigma_max)
-    batch, height, width = valid.shape
-    if config.unlabeled_aug == 'classmix':
-      class_map = jnp.where(valid, probs.mean(0).argmax(-1), -1)
-      mask = strong_view.classmix_masks(k_mix, class_map, num_classes)
-    elif config.unlabeled_aug == 'cutmix':
-      mask = strong_view.cutmix_masks(k_mix, batch, height, width, sa.cutmix_area)
-    else:
-      mask = jnp.ones(valid.shape, bool)
-    return strong_view.mix(mask, strong), mask
-
-  def contrastive_classes(pred_small, conf_small, labels_small):
-    """Class of each pixel for student k's contrastive terms (SPEC item 5): [n, 2B, h, w]."""
-    per_student = []
-    for k in range(n):
-      src = jnp.asarray(sources[k])
-      best = jnp.argmax(conf_small[src], axis=0)  # most confident of k's teachers
-      unl = jnp.take_along_axis(pred_small[src], best[None], axis=0)[0]
-      per_student.append(jnp.concatenate([labels_small, unl], axis=0))
-    return jnp.stack(per_student)
-
-  def loss_fn(params, state, inputs, targets):
-    out, new_stats = pairs(params, state.batch_stats, inputs, train=True)
-    logits, feats = out['logits'], out['features']  # [n, 2B|B, h, w, ...]
-    b = targets['labels'].shape[0]
-    height, width = targets['labels'].shape[-2:]
-    logits_up = upsample_bilinear(logits, (height, width))
-    metrics = {}
-    sup = [losses.cross_entropy(logits_up[k, :b], targets['labels'], ignore_label=ignore)
-           for k in range(n)]
-    l_sup = sum(sup)
-    metrics['loss_sup'] = l_sup
-    metrics.update({f'loss_sup/{k}': sup[k] for k in range(n)})
-    total = config.lambda_sup * l_sup
-    if not semi:
-      return total, (metrics, new_stats)
-
-    if use_ct:
-      ct = []
-      for k in range(n):
-        terms = [losses.cross_entropy(logits_up[k, b:], targets['pseudo'][j],
-                                      weights=targets['ct_weight'][j], ignore_label=ignore)
-                 for j in sources[k]]
-        ct.append(sum(terms) / len(terms))
-      l_ct = sum(ct)
-      metrics['loss_ct'] = l_ct
-      metrics.update({f'loss_ct/{k}': ct[k] for k in range(n)})
-      total = total + config.lambda_ct * l_ct
-
-    if use_hc or use_lc:
-      h, w = logits.shape[-3:-1]
-      probs_small = jax.nn.softmax(logits, axis=-1)
-      conf_s = jax.lax.stop_gradient(probs_small.max(-1))  # [n, 2B, h, w]
-      classes = contrastive_classes(
-          resize_labels_nearest(targets['pseudo'], (h, w)),
-          resize_labels_nearest(targets['pseudo_conf'], (h, w)),
-          resize_labels_nearest(targets['labels'], (h, w)))
-      has_class = (classes >= 0) & (classes < num_classes)
-      quality = (conf_s > config.phi) & has_class  # m_k, Eq. 7
-      banks = state.banks
-      bank_valid = memory_bank.valid_entries(banks)  # [n, C, N]
-      gate = memory_bank.is_full(banks)
-      if config.contrastive_start_step >= 0:
-        gate = gate | (state.step >= config.contrastive_start_step)
-      gate = gate.astype(jnp.float32)
-      metrics['contrastive_active'] = gate
-      if use_hc:
-        l_hc = sum(losses.high_level_contrastive(
-            feats[k], classes[k], quality[k], banks.feats[k], config.hc_temperature,
-            bank_valid=bank_valid[k]) for k in range(n))
-        metrics['loss_hc'] = l_hc
-        metrics['hc_mask_fraction'] = quality.mean()
-        total = total + gate * config.lambda_hc * l_hc
-      if use_lc:
-        l_lc, lc_fraction = 0.0, 0.0
-        for k in range(n):
-          peers = [l for l in range(n) if l != k]
-          terms = []
-          for l in peers:
-            lc_mask = ~quality[k] & has_class[k]
-            if config.directional_mask:
-              lc_mask = lc_mask & (conf_s[k] < conf_s[l])
-            lc_fraction = lc_fraction + lc_mask.mean() / (n * len(peers))
-            terms.append(losses.low_level_contrastive(
-                feats[k], feats[l], classes[k], lc_mask, banks.feats,
-                config.lc_temperature, bank_valid=bank_valid))
-          l_lc = l_lc + sum(terms) / len(terms)
-        metrics['loss_lc'] = l_lc
-        metrics['lc_mask_fraction'] = lc_fraction
-        total = total + gate * config.lambda_lc * l_lc
-    return total, (metrics, new_stats)
-
-  def push_banks(banks, teacher_out, labels):
-    """Teacher k's confident labeled features into bank k (SPEC "Memory bank")."""
-    logits, feats = teacher_out['logits'], teacher_out['features']  # [n, B, h, w, ...]
-    h, w = logits.shape[-3:-1]
-    gt = resize_labels_nearest(labels, (h, w))  # [B, h, w]
-    probs = jax.nn.softmax(logits, axis=-1)
-    pred, conf = probs.argmax(-1), probs.max(-1)
-    cand = jnp.where(pred == gt[None], gt[None], ignore)  # [n, B, h, w]
-    dim = feats.shape[-1]
-    feats = feats / jnp.maximum(jnp.linalg.norm(feats, axis=-1, keepdims=True), 1e-12)
-    push = jax.vmap(functools.partial(memory_bank.push, k=bank_k))
-    return push(banks, feats.reshape(n, -1, dim), cand.reshape(n, -1), conf.reshape(n, -1))
-
-  def step(state: TrainState, batch: dict[str, Any], rng) -> tuple[TrainState, dict]:
-    trace_count[0] += 1
-    labeled = batch['labeled']
-    images_l01 = labeled['image'].astype(jnp.float32) / 255.0
-    labels = labeled['label'].astype(jnp.int32)
-    b = labels.shape[0]
-    x_l = normalize_images(images_l01, config)
-    metrics = {}
-    targets = {'labels': labels}
-    banks = state.banks
-    teacher_out_l = None
-    if semi:
-      unl = batch['unlabeled']
-      images_u01 = unl['image'].astype(jnp.float32) / 255.0
-      valid = unl['valid'].astype(bool)
-      x_weak = normalize_images(images_u01, config)
-      if config.bank_push == 'before_update' and method != 'mutual':
-        # Paper's Algorithm 1: one teacher pass over [labeled; unlabeled] feeds both the
-        # pseudo-labels and the bank push, before the losses.
-        valid_all = jnp.concatenate([jnp.ones_like(labels, bool), valid])
-        probs, conf, pred, out = pseudo_labels(state, jnp.concatenate([x_l, x_weak]),
-                                               valid_all)
-        probs, conf, pred = probs[:, b:], conf[:, b:], pred[:, b:]
-        teacher_out_l = jax.tree.map(lambda x: x[:, :b], out)
-      else:
-        probs, conf, pred, _ = pseudo_labels(state, x_weak, valid)
-      strong01, mix_mask = strong_batch(rng, images_u01, probs, valid)
-      # The same mask mixes every network's pseudo-labels and confidences: [n, B, H, W].
-      mix_pairs = lambda x: jnp.moveaxis(strong_view.mix(mix_mask, jnp.moveaxis(x, 0, -1)),
-                                         -1, 0)
-      valid_mix = strong_view.mix(mix_mask, valid)
-      pseudo = jnp.where(valid_mix[None], mix_pairs(pred), ignore)
-      pseudo_conf = jnp.where(valid_mix[None], mix_pairs(conf), 0.0)
-      confident = (pseudo_conf >= config.ct_confidence_threshold) & valid_mix[None]
-      if config.ct_weighting == 'batch_confident_fraction':
-        # ClassMix: every pixel weighted by the fraction of confident pixels of the batch.
-        ct_weight = jnp.broadcast_to(confident.mean(axis=(1, 2, 3), keepdims=True),
-                                     pseudo_conf.shape)
-      else:
-        ct_weight = jnp.ones_like(pseudo_conf)
-      targets.update(pseudo=pseudo, pseudo_conf=pseudo_conf, ct_weight=ct_weight)
-      inputs = jnp.concatenate([x_l, normalize_images(strong01, config)])
-      metrics['pseudo_label_confidence'] = (
-          jnp.sum(conf * valid[None]) / jnp.maximum(n * valid.sum(), 1))
-      metrics['ct_weight'] = ct_weight.mean()
-      if teacher_out_l is not None:
-        banks = push_banks(banks, teacher_out_l, labels)
-    else:
-      inputs = x_l
-    state_for_loss = state.replace(banks=banks)
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (loss_metrics, new_stats)), grads = grad_fn(state.params, state_for_loss,
-                                                      inputs, targets)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = jax.tree.map(lambda p, u: p + u, state.params, updates)
-
-    step_f = state.step.astype(jnp.float32)
-    decay = jnp.minimum(1.0 - 1.0 / (step_f + 1.0), config.ema_decay)
-    if method == 'self_training':
-      decay = jnp.ones_like(decay)  # the stage-1 teacher stays fixed
-    teacher_params = _ema(state.teacher_params, params, decay)
-    teacher_stats = _ema(state.teacher_batch_stats, new_stats, decay)
-
-    # `mutual` has no teachers before the update, so it always pushes after it.
-    push_after = config.bank_push == 'after_update' or (
-        method == 'mutual' and config.bank_push == 'before_update')
-    if semi and push_after:
-      teacher_out_l, _ = pairs(teacher_params, teacher_stats, x_l, train=False)
-      banks = push_banks(banks, jax.lax.stop_gradient(teacher_out_l), labels)
-
-    new_state = state.replace(
-        step=state.step + 1, params=params, batch_stats=new_stats,
-        teacher_params=teacher_params, teacher_batch_stats=teacher_stats,
-        opt_state=opt_state, banks=banks)
-    # A non-finite loss leaves the state as it was; the training loop stops on the flag.
-    finite = jnp.isfinite(loss)
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-
-    metrics.update(loss_metrics)
-    metrics.update(
-        loss=loss, loss_finite=finite.astype(jnp.float32), lr=lr_schedule(state.step),
-        ema_decay=decay, bank_fill=memory_bank.fill_fraction(banks),
-        grad_norm=jnp.sqrt(sum(jnp.sum(g.astype(jnp.float32) ** 2)
-                               for g in jax.tree.leaves(grads))))
-    return new_state, metrics
-
-  step.trace_count = trace_count
-  return step
+  """`train_step` with its static dependencies bound: (state, batch, rng) -> (state,
+  metrics). num_labeled sets the bank's k_per_step."""
+  return functools.partial(
+      train_step, model=model, method=methods_lib.from_config(config),
+      tx=optim.make_optimizer(config), config=config,
+      bank_k=bank_k_per_step(config, num_labeled))

@@ -1,17 +1,14 @@
 """Config and build helpers shared by the data tests."""
-from configs.common import base_config
+from configs import common
 from ctt_jax import data
 
 
 def dataset_config(name, batch_size=None, **data_keys):
   """base_config() with `name`'s dataset defaults, then `data.<key>` = value for each key."""
-  config = base_config()
-  data.apply_dataset_defaults(config, name)
+  config = common.apply_dataset_defaults(common.base_config(), name)
   if batch_size is not None:
     config.batch_size = batch_size
-  for key, value in data_keys.items():
-    config.data[key] = value
-  return config
+  return common.update(config, {f'data.{k}': v for k, v in data_keys.items()})
 
 
 def build(config, **kwargs):

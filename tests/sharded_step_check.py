@@ -21,7 +21,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from ctt_jax import sharding, train_state, train_step
-from tests.train_helpers import IMAGE, make_batch, tiny_config, tiny_model
+from tests.train_helpers import IMAGE, counting, make_batch, tiny_config, tiny_model
 
 
 def make_config(kind):
@@ -42,13 +42,13 @@ def run(devices, kind, steps=3):
   mesh = sharding.make_mesh(devices)
   state = train_state.init_train_state(config, model, jax.random.key(0), IMAGE)
   state = sharding.replicate(state, mesh)
-  step_fn = train_step.make_train_step(config, model, num_labeled=8)
+  step_fn = counting(train_step.make_train_step(config, model, num_labeled=8))
   step = sharding.jit_train_step(step_fn, mesh)
   for i in range(steps):
     batch = sharding.global_batch(make_batch(i, batch=8), mesh)
     state, metrics = step(state, batch, jax.random.key(i))
   assert batch['labeled']['image'].sharding.num_devices == len(devices)
-  return jax.device_get(state), step_fn.trace_count[0]
+  return jax.device_get(state), step_fn.calls
 
 
 def main(kind):

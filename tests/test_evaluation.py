@@ -1,4 +1,5 @@
-"""Evaluation: confusion matrix / IoU against numpy loops, the eval step on a tiny model."""
+"""Evaluation: confusion matrix / IoU (ctt_jax.metrics) against numpy loops, the eval step and
+predictions (ctt_jax.inference) on a tiny model."""
 import json
 import math
 
@@ -7,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ctt_jax import evaluation, train_state
-from ctt_jax.train_step import normalize_images, upsample_bilinear
+from ctt_jax import images, inference, methods, metrics, stacked, train_state
 from tests.train_helpers import CLASSES, IMAGE, tiny_config, tiny_model
 
 
@@ -39,11 +39,11 @@ def test_confusion_and_iou_match_loops():
   valid = rng.random((3, 9, 7)) > 0.2
   valid[2] = False  # a padded image
   expected = _loop_confusion(pred, label, valid, c)
-  got = np.asarray(evaluation.confusion_matrix(pred, label, valid, c))
+  got = np.asarray(metrics.confusion_matrix(pred, label, valid, c))
   assert got.dtype == np.int32 and got.shape == (c, c)
   np.testing.assert_array_equal(got, expected)
 
-  miou, per_class = evaluation.iou_from_confusion(got)
+  miou, per_class = metrics.iou_from_confusion(got)
   ref_miou, ref_per_class = _loop_iou(expected)
   np.testing.assert_allclose(per_class, ref_per_class)  # NaN where NaN
   assert math.isnan(per_class[4]) and per_class[3] == 0.0 and per_class[5] == 0.0
@@ -51,23 +51,23 @@ def test_confusion_and_iou_match_loops():
 
 
 def test_iou_of_nothing_is_nan():
-  miou, per_class = evaluation.iou_from_confusion(np.zeros((3, 3), np.int32))
+  miou, per_class = metrics.iou_from_confusion(np.zeros((3, 3), np.int32))
   assert math.isnan(miou) and np.isnan(per_class).all()
 
 
 def test_network_names():
-  assert evaluation.network_names(tiny_config(num_pairs=2)) == [
+  assert methods.from_config(tiny_config(num_pairs=2)).network_names() == [
       'student_0', 'student_1', 'teacher_0', 'teacher_1']
-  assert evaluation.network_names(tiny_config(num_pairs=3, method='ensemble'))[-1] == (
+  assert methods.from_config(tiny_config(num_pairs=3, method='ensemble')).network_names()[-1] == (
       'ensemble')
 
 
 def test_window_starts_cover_the_image():
-  assert evaluation.window_starts(16, 16, 11) == [0]
-  assert evaluation.window_starts(10, 16, 11) == [0]
-  assert evaluation.window_starts(1024, 256, 171) == [0, 171, 342, 513, 684, 768]
+  assert inference.window_starts(16, 16, 11) == [0]
+  assert inference.window_starts(10, 16, 11) == [0]
+  assert inference.window_starts(1024, 256, 171) == [0, 171, 342, 513, 684, 768]
   for size, window, stride in [(17, 8, 5), (100, 30, 20), (9, 8, 8)]:
-    starts = evaluation.window_starts(size, window, stride)
+    starts = inference.window_starts(size, window, stride)
     covered = np.zeros(size, bool)
     for s in starts:
       covered[s:s + window] = True
@@ -99,11 +99,12 @@ def _eval_batch(seed=0, padded=1, image=IMAGE):
           'index': np.where(valid.any((1, 2)), np.arange(b), -1).astype(np.int32)}
 
 
-def _direct_probs(config, model, params, stats, images):
+def _direct_probs(config, model, params, stats, image_batch):
   """Reference: one eager model.apply in eval mode, upsampled, softmax."""
-  x = normalize_images(jnp.asarray(images, jnp.float32) / 255.0, config)
+  x = images.normalize(jnp.asarray(image_batch, jnp.float32) / 255.0, config.image_mean,
+                       config.image_std)
   logits = model.apply({'params': params, 'batch_stats': stats}, x, train=False)['logits']
-  return jax.nn.softmax(upsample_bilinear(logits, images.shape[1:3]), axis=-1)
+  return jax.nn.softmax(images.upsample_bilinear(logits, image_batch.shape[1:3]), axis=-1)
 
 
 @pytest.fixture(scope='module')
@@ -111,7 +112,7 @@ def ensemble_setup():
   config = tiny_config(method='ensemble')
   model = tiny_model(config)
   state = _perturbed_state(config, model)
-  eval_step = jax.jit(evaluation.make_eval_step(config, model))  # the module's one compile
+  eval_step = jax.jit(inference.make_eval_step(config, model))  # the module's one compile
   return config, model, state, eval_step
 
 
@@ -119,14 +120,14 @@ def test_eval_step_matches_direct_apply(ensemble_setup):
   config, model, state, eval_step = ensemble_setup
   batch = _eval_batch()
   got = np.asarray(eval_step(state, batch))
-  names = evaluation.network_names(config)
+  names = methods.from_config(config).network_names()
   assert got.shape == (len(names), CLASSES, CLASSES) and got.dtype == np.int32
 
   n = config.num_pairs
   nets = ([(state.params, state.batch_stats, k) for k in range(n)]
           + [(state.teacher_params, state.teacher_batch_stats, k) for k in range(n)])
-  probs = [np.asarray(_direct_probs(config, model, train_state.tree_index(p, k),
-                                    train_state.tree_index(s, k), batch['image']))
+  probs = [np.asarray(_direct_probs(config, model, stacked.tree_index(p, k),
+                                    stacked.tree_index(s, k), batch['image']))
            for p, s, k in nets]
   preds = [p.argmax(-1) for p in probs] + [sum(probs[n:]).argmax(-1)]
   for name, pred, cm in zip(names, preds, got):
@@ -141,28 +142,29 @@ def test_eval_step_matches_direct_apply(ensemble_setup):
 def test_ensemble_entry_only_for_ensemble(ensemble_setup):
   config, model, state, _ = ensemble_setup
   ctt = tiny_config(method='ctt')
-  shape = jax.eval_shape(evaluation.make_eval_step(ctt, model), state, _eval_batch()).shape
+  shape = jax.eval_shape(inference.make_eval_step(ctt, model), state, _eval_batch()).shape
   assert shape == (2 * ctt.num_pairs, CLASSES, CLASSES)
-  assert 'ensemble' not in evaluation.network_names(ctt)
+  assert 'ensemble' not in methods.from_config(ctt).network_names()
 
 
 def test_evaluate_accumulates_and_picks_best(ensemble_setup, tmp_path):
   config, _, state, eval_step = ensemble_setup
   batches = [_eval_batch(seed=1), _eval_batch(seed=2, padded=3)]  # 2nd: all padding
-  results = evaluation.evaluate(eval_step, state, iter(batches), config)
-  names = evaluation.network_names(config)
+  results = metrics.evaluate(eval_step, state, iter(batches),
+                             methods.from_config(config).network_names(), config.num_classes)
+  names = methods.from_config(config).network_names()
   assert set(results) == set(names) | {'best'}
   first = np.asarray(eval_step(state, batches[0]))
   for i, name in enumerate(names):
     np.testing.assert_array_equal(results[name]['confusion'], first[i])
-    miou, per_class = evaluation.iou_from_confusion(first[i])
+    miou, per_class = metrics.iou_from_confusion(first[i])
     assert results[name]['miou'] == pytest.approx(miou)
     np.testing.assert_allclose(results[name]['per_class_iou'], per_class)
   assert results['best'] == max(names, key=lambda n: results[n]['miou'])
 
   class_names = ('a', 'b', 'c')
   path = tmp_path / 'eval' / 'step.json'
-  evaluation.write_eval_json(results, str(path), class_names)
+  metrics.write_eval_json(results, str(path), class_names)
   written = json.loads(path.read_text())
   assert written['best'] == results['best']
   assert list(written['teacher_0']['per_class_iou']) == list(class_names)
@@ -172,7 +174,7 @@ def test_evaluate_accumulates_and_picks_best(ensemble_setup, tmp_path):
 def test_evaluate_without_batches_fails(ensemble_setup):
   config, _, state, eval_step = ensemble_setup
   with pytest.raises(ValueError, match='no batches'):
-    evaluation.evaluate(eval_step, state, iter([]), config)
+    metrics.evaluate(eval_step, state, iter([]), ['student_0'], config.num_classes)
 
 
 def test_sliding_window(ensemble_setup):
@@ -182,16 +184,15 @@ def test_sliding_window(ensemble_setup):
   batch = _eval_batch(seed=3)
   plain = np.asarray(eval_step(state, batch))
 
-  whole = tiny_config(method='ensemble', eval_sliding_window=True)
-  whole.data.crop_size = IMAGE
-  sliding = jax.jit(evaluation.make_eval_step(whole, model))
+  whole = tiny_config({'data.crop_size': IMAGE}, method='ensemble', eval_sliding_window=True)
+  sliding = jax.jit(inference.make_eval_step(whole, model))
   np.testing.assert_array_equal(np.asarray(sliding(state, batch)), plain)
 
   # 8x12 crops at stride (5, 8) on 16x16: rows 0,5,8 x columns 0,4 -> 6 windows.
-  small = tiny_config(method='ensemble', eval_sliding_window=True)
-  small.data.crop_size = (8, 12)
-  params = train_state.tree_index(state.teacher_params, 1)
-  stats = train_state.tree_index(state.teacher_batch_stats, 1)
+  small = tiny_config({'data.crop_size': (8, 12)}, method='ensemble',
+                      eval_sliding_window=True)
+  params = stacked.tree_index(state.teacher_params, 1)
+  stats = stacked.tree_index(state.teacher_batch_stats, 1)
   total = np.zeros((*batch['label'].shape, CLASSES))
   counts = np.zeros(IMAGE)
   for y in (0, 5, 8):
@@ -201,6 +202,6 @@ def test_sliding_window(ensemble_setup):
           _direct_probs(small, model, params, stats, crop))
       counts[y:y + 8, x:x + 12] += 1
   expected = (total / counts[..., None]).argmax(-1)
-  got = np.asarray(evaluation.predict_batch(small, model, state, batch['image'],
+  got = np.asarray(inference.predict_batch(small, model, state, batch['image'],
                                             network='teacher_1'))
   np.testing.assert_array_equal(got, expected)

@@ -1,5 +1,6 @@
 """main.py end to end on the synthetic set with a tiny model: events, checkpoints, eval
-JSON, exact resume, SIGKILL while saving, NaN stop, missing dataset."""
+JSON, exact resume, SIGKILL and SIGTERM while saving, NaN stop, missing dataset, the
+workdir lock, refused resumes, config errors, a finished rerun, a read-only eval."""
 import glob
 import json
 import os
@@ -63,7 +64,9 @@ def test_image_summaries_are_written(straight_run):
   acc = event_accumulator.EventAccumulator(workdir, size_guidance={'tensors': 0})
   acc.Reload()
   tensors = acc.Tags()['tensors']
-  assert any('input_truth_predictions' in t for t in tensors), tensors
+  # The tag names the panels left to right: input, truth, then each network.
+  assert any(t.startswith('val/input_truth_student_0_student_1_teacher_0_teacher_1')
+             for t in tensors), tensors
 
 
 def test_half_run_plus_restart_equals_straight_run(straight_run, tmp_path):
@@ -79,13 +82,11 @@ def test_half_run_plus_restart_equals_straight_run(straight_run, tmp_path):
     np.testing.assert_array_equal(a, b)  # bitwise on CPU: same programs, same data
 
 
-def _main(workdir, config_arg, env_extra=None, check=True):
-  env = dict(os.environ, **(env_extra or {}))
+def _main(workdir, config_arg, check=True, program=('main.py',)):
   proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'main.py'),
+      [sys.executable, os.path.join(ROOT, program[0]), *program[1:],
        f'--config={os.path.join(ROOT, "configs", "demo.py")}:{config_arg}',
-       f'--workdir={workdir}'], cwd=ROOT, env=env, capture_output=True, text=True,
-      timeout=900)
+       f'--workdir={workdir}'], cwd=ROOT, capture_output=True, text=True, timeout=900)
   if check:
     assert proc.returncode == 0, proc.stderr[-4000:]
   return proc
@@ -94,7 +95,7 @@ def _main(workdir, config_arg, env_extra=None, check=True):
 def test_sigkill_while_saving_leaves_a_resumable_workdir(straight_run, tmp_path):
   workdir, _ = straight_run
   killed = str(tmp_path / 'killed')
-  proc = _main(killed, TINY, {'CTT_DEBUG_SIGKILL_AFTER_SAVE_STEP': '2'}, check=False)
+  proc = _main(killed, TINY, check=False, program=('tests/signal_after_save.py', 'KILL', '2'))
   assert proc.returncode == -9, proc.stderr[-3000:]
   proc = _main(killed, TINY)
   assert 'Resumed from the checkpoint of step' in proc.stderr or 'step 0' not in proc.stderr
@@ -124,3 +125,76 @@ def test_missing_dataset_ends_with_one_clear_sentence(tmp_path):
   assert proc.returncode != 0
   assert str(tmp_path / 'nowhere') in proc.stderr
   assert 'Traceback' not in proc.stderr
+
+
+def test_sigterm_checkpoints_and_exits_143(tmp_path):
+  workdir = str(tmp_path / 'term')
+  proc = _main(workdir, TINY, check=False, program=('tests/signal_after_save.py', 'TERM', '2'))
+  assert proc.returncode == 143, proc.stderr[-3000:]
+  assert 'rerun the same command to resume' in proc.stderr.splitlines()[-1]
+  manager = checkpointing.make_manager(workdir, keep=3, asynchronous=False)
+  assert manager.latest_step() in (2, 3)  # the step in flight when the flag was seen
+
+
+def test_second_run_on_a_locked_workdir_is_refused(tmp_path):
+  from ctt_jax import workdir_lock  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'locked')
+  os.makedirs(workdir)
+  holder = workdir_lock.WorkdirLock(workdir, command='the first run')
+  holder.acquire()
+  try:
+    with pytest.raises(workdir_lock.WorkdirLockedError, match='the first run'):
+      train.train_and_evaluate(_config(), workdir)
+  finally:
+    holder.release()
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
+
+
+@pytest.mark.parametrize('change, key', [('lr=0.005', 'lr'), ('model.width=8', 'model.width')])
+def test_resume_with_an_incompatible_config_is_refused(straight_run, change, key):
+  from ctt_jax import config_validation  # pylint: disable=g-import-not-at-top
+  workdir, _ = straight_run
+  with pytest.raises(config_validation.ConfigError, match=key.replace('.', r'\.')):
+    train.train_and_evaluate(_config(change + ',total_steps=6'), workdir)
+  step, _ = _final_params(workdir)
+  assert step == 4  # nothing was overwritten
+
+
+def test_rerun_of_a_finished_run_says_so_and_prints_the_table(straight_run, capsys):
+  workdir, results = straight_run
+  events = set(glob.glob(os.path.join(workdir, 'events.out.tfevents*')))
+  again = train.train_and_evaluate(_config(), workdir)
+  out = capsys.readouterr().out
+  assert 'already finished' in out and 'Validation mIoU at step 4' in out
+  assert again['teacher_0']['miou'] == pytest.approx(results['teacher_0']['miou'])
+  assert set(glob.glob(os.path.join(workdir, 'events.out.tfevents*'))) == events
+
+
+def test_eval_prints_its_table_before_a_failed_write(straight_run, monkeypatch, capsys):
+  from ctt_jax import metrics  # pylint: disable=g-import-not-at-top
+  workdir, results = straight_run
+  def read_only(*args, **kwargs):
+    raise PermissionError(30, 'Read-only file system')
+  monkeypatch.setattr(metrics, 'write_eval_json', read_only)
+  evaluated = train.evaluate_checkpoint(_config(), workdir, step=4)
+  assert 'Validation mIoU at step 4' in capsys.readouterr().out
+  assert evaluated['teacher_0']['miou'] == pytest.approx(results['teacher_0']['miou'])
+
+
+@pytest.mark.parametrize('arg, expected', [
+    ('bank_sise=3', "Unknown config key 'bank_sise'; did you mean bank_size"),
+    ('phi=high', "Bad value for config key 'phi'"),
+    ('num_pairs=0', 'num_pairs'),
+    ('eval_every=0', 'eval_every'),
+    ('total_steps=-5', 'total_steps'),
+    ('phi=2', 'phi'),
+    ('method=ctx', "did you mean 'ctt'"),
+])
+def test_config_errors_are_one_sentence_before_anything_is_built(tmp_path, arg, expected):
+  workdir = tmp_path / 'w'
+  proc = _main(str(workdir), f'{TINY},{arg}', check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr
+  error_lines = [l for l in proc.stderr.splitlines() if l.startswith('Error: ')]
+  assert len(error_lines) == 1 and expected in error_lines[0], proc.stderr[-2000:]
+  assert not workdir.exists()  # refused before the workdir was touched

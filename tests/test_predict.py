@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctt_jax import evaluation, predict, train_state, visualize
+from ctt_jax import inference, predict, train_state, visualize
 from tests.train_helpers import IMAGE, tiny_config, tiny_model
 
 PALETTE = np.array([(128, 64, 128), (244, 35, 232), (70, 70, 70)], np.uint8)
@@ -74,7 +74,7 @@ def test_predict_directory(tiny_state, tmp_path):
                                       PALETTE, network='student_1')
   assert len(written) == 4
   for name, image in inputs.items():
-    expected = np.asarray(evaluation.predict_batch(config, model, state, image[None],
+    expected = np.asarray(inference.predict_batch(config, model, state, image[None],
                                                    network='student_1'))[0]
     color = Image.open(out / 'color' / f'{name}_color.png')
     assert color.mode == 'P' and color.size == (image.shape[1], image.shape[0])
@@ -98,6 +98,21 @@ def test_predict_directory_without_cityscapes_writes_colours_only(tiny_state, tm
   assert written == [str(tmp_path / 'out' / 'color' / 'a_color.png')]
 
 
+def test_unreadable_image_is_skipped_and_reported(tiny_state, tmp_path, capsys):
+  config, model, state = tiny_state
+  folder = tmp_path / 'in'
+  folder.mkdir()
+  (folder / 'a_broken.png').write_bytes(b'\x89PNG truncated')
+  Image.fromarray(np.zeros((*IMAGE, 3), np.uint8)).save(folder / 'b.png')
+  out = tmp_path / 'out'
+  written = predict.predict_directory(config, model, state, str(folder), str(out), PALETTE)
+  assert str(out / 'color' / 'b_color.png') in written  # the good image after the bad one
+  assert not any('a_broken' in path for path in written)
+  last = capsys.readouterr().out.strip().splitlines()[-1]
+  assert last == (f'Wrote {len(written)} PNG files for 1 images to {out}; skipped 1 '
+                  'unreadable images (a_broken.png).'), last
+
+
 def test_predict_directory_errors(tiny_state, tmp_path):
   config, model, state = tiny_state
   with pytest.raises(FileNotFoundError, match='does not exist'):
@@ -106,9 +121,9 @@ def test_predict_directory_errors(tiny_state, tmp_path):
   folder = tmp_path / 'in'
   folder.mkdir()
   (folder / 'broken.png').write_bytes(b'not a png at all')
-  with pytest.raises(ValueError, match='broken.png'):
+  with pytest.raises(ValueError, match='broken.png'):  # nothing readable: an error
     predict.predict_directory(config, model, state, str(folder), str(tmp_path / 'out'),
                               PALETTE)
   with pytest.raises(ValueError, match='Unknown network'):
-    evaluation.predict_batch(config, model, state, np.zeros((1, *IMAGE, 3), np.uint8),
+    inference.predict_batch(config, model, state, np.zeros((1, *IMAGE, 3), np.uint8),
                              network='teacher_7')

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ctt_jax import train_state, train_step
-from tests.train_helpers import IMAGE, make_batch, tiny_config, tiny_model
+from tests.train_helpers import IMAGE, counting, make_batch, tiny_config, tiny_model
 
 
 def _setup(**overrides):
@@ -20,6 +20,7 @@ def _setup(**overrides):
 def ctt_run():
   """One compile of the default CTT step, 25 steps on a fixed batch."""
   config, model, state0, step = _setup()
+  step = counting(step)
   jitted = jax.jit(step)
   batch = make_batch()
   history, states = [], [state0]
@@ -40,7 +41,7 @@ def test_loss_falls_on_a_fixed_batch(ctt_run):
 
 def test_compiled_once(ctt_run):
   _, step, _, _ = ctt_run
-  assert step.trace_count[0] == 1
+  assert step.calls == 1
 
 
 def test_teachers_follow_the_ema_formula(ctt_run):
@@ -145,3 +146,50 @@ def test_non_finite_loss_keeps_the_state():
   new_state, metrics = jax.jit(step)(state.replace(params=bad), batch, jax.random.key(0))
   assert float(metrics['loss_finite']) == 0.0
   assert int(new_state.step) == int(state.step)
+
+
+def test_pseudo_label_confusion_against_a_hand_count():
+  pred = np.array([[[[0, 1], [2, 2]]],   # network 0, one 2x2 image
+                   [[[1, 1], [2, 0]]]])  # network 1
+  truth = np.array([[[0, 1], [2, 255]]])
+  valid = np.array([[[True, True], [False, True]]])  # (1, 0) is padding; (1, 1) ignored
+  got = np.asarray(train_step.pseudo_label_confusion(pred, truth, valid, 3, 255))
+  expected = np.zeros((2, 3, 3), np.int32)
+  expected[0, 0, 0] = expected[0, 1, 1] = 1  # rows = truth, columns = pseudo-label
+  expected[1, 0, 1] = expected[1, 1, 1] = 1
+  np.testing.assert_array_equal(got, expected)
+
+
+def test_step_reports_pseudo_label_confusion_only_with_unlabeled_truth():
+  _, _, state, step = _setup()
+  step = jax.jit(step)
+  batch = make_batch(5)
+  _, metrics = step(state, batch, jax.random.key(0))
+  assert 'pseudo_confusion' not in metrics
+  truth = make_batch(5)['labeled']['label']  # any labels of the right shape
+  batch['unlabeled']['label'] = truth
+  _, with_truth = step(state, batch, jax.random.key(0))
+  cm = np.asarray(with_truth['pseudo_confusion'])
+  assert cm.shape == (2, 3, 3)
+  counted = ((truth != 255) & batch['unlabeled']['valid']).sum()
+  np.testing.assert_array_equal(cm.sum(axis=(1, 2)), [counted, counted])
+  # The labels are a diagnostic: the losses do not change.
+  for key in ('loss', 'loss_ct', 'loss_hc', 'loss_lc'):
+    assert float(with_truth[key]) == float(metrics[key]), key
+
+
+@pytest.mark.parametrize('freeze_bn', [True, False])
+def test_separate_and_joint_student_passes(freeze_bn):
+  """Frozen batch-norm: one pass over [labeled; unlabeled] = two passes. Trained: not."""
+  results = {}
+  for passes in ('separate', 'joint'):
+    _, _, state, step = _setup(**{'student_bn_passes': passes, 'model.freeze_bn': freeze_bn})
+    new_state, metrics = jax.jit(step)(state, make_batch(6), jax.random.key(0))
+    results[passes] = (float(metrics['loss']), jax.device_get(new_state.batch_stats))
+  (sep_loss, sep_stats), (joint_loss, joint_stats) = results['separate'], results['joint']
+  if freeze_bn:
+    np.testing.assert_allclose(sep_loss, joint_loss, rtol=1e-6)
+  else:
+    assert abs(sep_loss - joint_loss) > 1e-4, (sep_loss, joint_loss)
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(sep_stats),
+                                                     jax.tree.leaves(joint_stats)))

@@ -8,26 +8,15 @@ IMAGE = (16, 16)
 CLASSES = 3
 
 
-def tiny_config(**overrides):
-  c = common.base_config()
-  c.model.name = 'tiny'
-  c.model.feature_dim = 8
-  c.model.freeze_bn = False
-  c.model.width = 4
-  c.num_classes = CLASSES
-  c.bank_size = 4
-  c.total_steps = 1000
-  c.lr = 0.05
-  c.head_lr_mult = 1.0
-  c.contrastive_start_step = 0
-  c.batch_size = 2
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+TINY = {'model.name': 'tiny', 'model.feature_dim': 8, 'model.freeze_bn': False,
+        'model.width': 4, 'num_classes': CLASSES, 'bank_size': 4, 'total_steps': 1000,
+        'lr': 0.05, 'head_lr_mult': 1.0, 'contrastive_start_step': 0, 'batch_size': 2}
+
+
+def tiny_config(overrides=None, **keys):
+  """base_config() with the tiny settings, then `overrides` (dotted keys) and `keys`
+  (top-level keys), through the configs' one override mechanism (unknown keys fail)."""
+  return common.update(common.base_config(), {**TINY, **(overrides or {}), **keys})
 
 
 def tiny_model(config):
@@ -50,3 +39,12 @@ def make_batch(seed=0, batch=2, image=IMAGE):
   valid[:, -3:, :] = False  # padding rows
   return {'labeled': {'image': img_l, 'label': lab_l},
           'unlabeled': {'image': img_u, 'valid': valid}}
+
+
+def counting(fn):
+  """`fn` wrapped to count its Python calls: under jax.jit, how often it was traced."""
+  def wrapper(*args, **kwargs):
+    wrapper.calls += 1
+    return fn(*args, **kwargs)
+  wrapper.calls = 0
+  return wrapper

@@ -1,0 +1,119 @@
+"""The method table: what differs between SPEC's methods, decided once from the config.
+
+    method = methods.from_config(config)
+    method.teachers_of[k]    # which networks' pseudo-labels supervise student k on xu
+    method.network_names()   # what evaluation scores
+
+The step, the training loop and evaluation read a `Method`; no other module compares
+method names. A row of `TABLE` says, for one method of SPEC's table:
+- `teaches`: who teaches student k on unlabeled data: nobody, its own teacher, the other
+  pairs' networks, or all of them;
+- `pseudo_labels_from`: whose predictions those are: the EMA teachers, the students
+  themselves (stop-gradient, "direct mutual teaching"), or none;
+- `ema_teachers`: the teachers follow the students by EMA (False: self-training's teacher,
+  loaded from the stage-1 run, stays fixed);
+- `eval_ensemble`: evaluation also scores the teachers' averaged softmax;
+- `stage1_teacher`: the teachers come from a finished `supervised` run.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+ENSEMBLE_NETWORK = 'ensemble'
+BANK_PUSH_MODES = ('after_update', 'before_update', 'none')
+
+
+class _Row(NamedTuple):
+  teaches: str  # none | own | others | all
+  pseudo_labels_from: str  # none | teachers | students
+  ema_teachers: bool
+  eval_ensemble: bool
+  stage1_teacher: bool
+
+
+TABLE = {
+    'supervised': _Row('none', 'none', True, False, False),
+    'mean_teacher': _Row('own', 'teachers', True, False, False),
+    'mutual': _Row('others', 'students', True, False, False),
+    'dual_teacher': _Row('all', 'teachers', True, False, False),
+    'ctt': _Row('others', 'teachers', True, False, False),
+    'ensemble': _Row('own', 'teachers', True, True, False),
+    'self_training': _Row('own', 'teachers', False, False, True),
+}
+METHOD_NAMES = tuple(TABLE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """One method with the config's switches resolved (hashable, so it can be static)."""
+  name: str
+  num_pairs: int
+  teachers_of: tuple[tuple[int, ...], ...]  # per student: the networks that teach it
+  pseudo_labels_from: str  # none | teachers | students
+  ema_teachers: bool
+  eval_ensemble: bool
+  stage1_teacher: bool
+  use_ct: bool
+  use_hc: bool
+  use_lc: bool
+  bank_push: str  # after_update | before_update | none (what the step really does)
+
+  @property
+  def semi_supervised(self) -> bool:
+    return self.pseudo_labels_from != 'none'
+
+  @property
+  def uses_banks(self) -> bool:
+    return self.semi_supervised and self.bank_push != 'none'
+
+  @property
+  def input_streams(self) -> int:
+    """Batches per step: labeled, plus unlabeled for the semi-supervised methods."""
+    return 2 if self.semi_supervised else 1
+
+  def network_names(self) -> list[str]:
+    """'student_0'.., 'teacher_0'.., and 'ensemble' where evaluation averages teachers."""
+    names = [f'{role}_{k}' for role in ('student', 'teacher') for k in range(self.num_pairs)]
+    return names + ([ENSEMBLE_NETWORK] if self.eval_ensemble else [])
+
+  @property
+  def default_network(self) -> str:
+    """The network `--mode=predict` uses unless told otherwise."""
+    return ENSEMBLE_NETWORK if self.eval_ensemble else 'teacher_0'
+
+
+def _teachers_of(teaches: str, num_pairs: int) -> tuple[tuple[int, ...], ...]:
+  everyone = tuple(range(num_pairs))
+  if teaches == 'none':
+    return tuple(() for _ in everyone)
+  if teaches == 'own':
+    return tuple((k,) for k in everyone)
+  if teaches == 'all':
+    return tuple(everyone for _ in everyone)
+  # 'others': with one pair there is no other network, so it falls back to its own
+  # (= mean teacher, the paper's Table 6 n=1 row).
+  return tuple(tuple(j for j in everyone if j != k) or (k,) for k in everyone)
+
+
+def from_config(config) -> Method:
+  """The `Method` of `config.method` with use_ct/use_hc/use_lc and bank_push applied."""
+  if config.method not in TABLE:
+    raise ValueError(f'Unknown method {config.method!r}; valid: {", ".join(TABLE)}.')
+  if config.bank_push not in BANK_PUSH_MODES:
+    raise ValueError(f'Unknown bank_push {config.bank_push!r}; valid: '
+                     f'{", ".join(BANK_PUSH_MODES)}.')
+  row = TABLE[config.method]
+  n = int(config.num_pairs)
+  semi = row.pseudo_labels_from != 'none'
+  bank_push = config.bank_push
+  if bank_push == 'before_update' and row.pseudo_labels_from != 'teachers':
+    # The paper's order reuses the teacher pass of the pseudo-labels; without teachers
+    # teaching there is none before the update, so the push happens after it.
+    bank_push = 'after_update'
+  return Method(
+      name=config.method, num_pairs=n, teachers_of=_teachers_of(row.teaches, n),
+      pseudo_labels_from=row.pseudo_labels_from, ema_teachers=row.ema_teachers,
+      eval_ensemble=row.eval_ensemble, stage1_teacher=row.stage1_teacher,
+      use_ct=semi and bool(config.use_ct), use_hc=semi and bool(config.use_hc),
+      use_lc=semi and bool(config.use_lc) and n > 1, bank_push=bank_push)
