@@ -251,20 +251,18 @@ def split_arg(arg: str | None) -> tuple[str | None, list[str]]:
   return (positional[0] if positional else None), overrides
 
 
+# PASCAL VOC 2012, both protocols (aug and classic differ in their partitions only).
+_VOC = {'num_classes': 21, 'batch_size': 10, 'data.resize': (0, 0),
+        'data.crop_size': (321, 321), 'data.scale_range': (0.5, 1.5),
+        'data.eval_size': (512, 512)}
 # Per-dataset settings (SPEC "Optimisation and data"); configs may override them.
 DATASETS = {
     'cityscapes': {
         'num_classes': 19, 'batch_size': 2, 'data.split': '1_30',
         'data.resize': (512, 1024), 'data.crop_size': (256, 512),
         'data.scale_range': (1.0, 1.0), 'data.eval_protocol': 'paper'},
-    'voc_aug': {
-        'num_classes': 21, 'batch_size': 10, 'data.split': '1_50', 'data.resize': (0, 0),
-        'data.crop_size': (321, 321), 'data.scale_range': (0.5, 1.5),
-        'data.eval_size': (512, 512)},
-    'voc_classic': {
-        'num_classes': 21, 'batch_size': 10, 'data.split': '1_16', 'data.resize': (0, 0),
-        'data.crop_size': (321, 321), 'data.scale_range': (0.5, 1.5),
-        'data.eval_size': (512, 512)},
+    'voc_aug': {**_VOC, 'data.split': '1_50'},
+    'voc_classic': {**_VOC, 'data.split': '1_16'},
     # CamVid at the 240x180 of ../shared/data/camvid; use (352, 480) crops at full size.
     'camvid': {
         'num_classes': 11, 'batch_size': 4, 'data.split': '1_8', 'data.resize': (0, 0),

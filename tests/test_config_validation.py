@@ -167,3 +167,10 @@ def test_keys_added_or_removed_by_a_code_update_are_safe():
 
 def test_safe_keys_exist():
   assert cv.SAFE_ON_RESUME <= set(cv.SCHEMA)
+
+
+def test_paper_backbone_without_weights_warns_and_camvid_does_not():
+  warned = cv.warnings(cityscapes.get_config('1_30'))
+  assert len(warned) == 1 and 'FROM SCRATCH' in warned[0] and 'resnet101' in warned[0]
+  assert not cv.warnings(cityscapes.get_config('1_30,model.pretrained=w.npz'))
+  assert not cv.warnings(camvid.get_config())  # small, from scratch by design

@@ -139,7 +139,7 @@ def test_unknown_settings_fail_with_the_valid_choices():
                               ('layout', 'timm', 'caffe'),
                               ('output_stride', 4, '8, 16 or 32'),
                               ('dtype', 'float16', 'bfloat16'),
-                              ('head', 'aspp', 'bottleneck, ctt')):
+                              ('head', 'aspp', 'bottleneck, aspp_se')):
     with pytest.raises(ValueError, match=message):
       get_model(model_config(**{key: value}), 3)
 
