@@ -3,6 +3,7 @@
     python main.py --config=configs/cityscapes.py:1_30 --workdir=DIR
     python main.py --config=configs/cityscapes.py:1_30 --workdir=DIR --mode=eval
     python main.py --config=... --workdir=DIR --mode=predict --input=IMAGES --output=OUT
+    python main.py --config=... --workdir=DIR --mode=compile --topology=v5e:2x4  # docs/TPU.md
 
 On several hosts (a Cloud TPU pod slice, multi-node GPUs) start the same command on every
 host; `--distributed` (or the JAX_COORDINATOR_ADDRESS / cloud TPU environment) makes it call
@@ -24,7 +25,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file[:partition,key=value,...].',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and eval JSON go.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'compile'], 'What to do.')
+flags.DEFINE_string('topology', None, '--mode=compile: a Cloud TPU slice, e.g. v5e:2x4 or '
+                    'v4-8 (needs the venv of scripts/setup_tpu_compile_env.sh).')
 flags.DEFINE_string('input', None, '--mode=predict: a folder of images.')
 flags.DEFINE_string('output', None, '--mode=predict: where the PNGs go.')
 flags.DEFINE_string('network', '', '--mode=predict: student_k, teacher_k or ensemble.')
@@ -65,6 +68,14 @@ def parse_flags(argv):
 def _run_mode(train, config):
   if FLAGS.mode == 'train':
     train.train_and_evaluate(config, FLAGS.workdir)
+  elif FLAGS.mode == 'compile':
+    if not FLAGS.topology:
+      raise app.UsageError('--mode=compile needs --topology, e.g. --topology=v5e:2x4.')
+    from ctt_jax import tpu_compile  # pylint: disable=g-import-not-at-top
+    try:
+      tpu_compile.run_compile_mode(config, FLAGS.workdir, FLAGS.topology)
+    except tpu_compile.CompileCheckError as e:  # unknown topology, no libtpu, bad batch
+      _fail(str(e))
   elif FLAGS.mode == 'eval':
     train.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint_step)
   else:
@@ -93,8 +104,11 @@ def main(argv):
   from ctt_jax import train  # pylint: disable=g-import-not-at-top
   from ctt_jax import workdir_lock  # pylint: disable=g-import-not-at-top
   try:
-    config_validation.validate(FLAGS.config, device_count=jax.device_count(),
-                               process_count=jax.process_count())
+    # --mode=compile checks the batch against the topology's chips itself.
+    compiling = FLAGS.mode == 'compile'
+    config_validation.validate(FLAGS.config,
+                               device_count=1 if compiling else jax.device_count(),
+                               process_count=1 if compiling else jax.process_count())
     for warning in config_validation.warnings(FLAGS.config):
       logging.warning('%s', warning)
     _run_mode(train, FLAGS.config)

@@ -2,7 +2,8 @@
 
 SPEC "Memory bank": one bank per student-teacher pair, `feats [C, N, D]`, a write pointer
 and a fill count per class. `push` selects up to `k` candidates per class (highest score
-first) and writes them at the pointer, wrapping. All shapes are static and the writes are
+first, ranked in two stages so that a batch-sharded candidate row is not gathered whole)
+and writes them at the pointer, wrapping. All shapes are static and the writes are
 masked, so the update jits once and runs on device with no host round trip.
 """
 from __future__ import annotations
@@ -30,6 +31,46 @@ def create(num_classes: int, size: int, dim: int, dtype=jnp.float32) -> MemoryBa
       count=jnp.zeros((num_classes,), jnp.int32))
 
 
+# A group of the two-stage ranking holds at least this many candidates (one 16x16 output
+# map); fewer would leave the second stage about as large as the first.
+MIN_GROUP = 256
+
+
+def ranking_groups(num_candidates: int, k: int) -> int:
+  """How many contiguous groups the candidates are ranked in (the first stage of `top_k`).
+
+  The largest power of two that divides P and leaves groups of >= max(k, MIN_GROUP). The
+  candidates are the flattened [B, h, w] of a batch sharded over D devices (D a power of
+  two dividing B): such a group count is a multiple of D, so every group lies on one
+  device and the first stage needs no communication.
+  """
+  groups = 1
+  while (num_candidates % (2 * groups) == 0
+         and num_candidates // (2 * groups) >= max(k, MIN_GROUP)):
+    groups *= 2
+  return groups
+
+
+def top_k_two_stage(ranked: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """`jax.lax.top_k(ranked, k)` over the last axis, ranked first within contiguous groups.
+
+  Same values and indices as one top_k, ties included (the lower index first): the k best
+  of the whole row are among the k best of their group, and the second stage sees the
+  groups' winners in index order. On a sharded row only the groups' winners ([..., G * k])
+  cross devices, instead of the whole row of scores and its index iota.
+  """
+  *lead, size = ranked.shape
+  groups = ranking_groups(size, k)
+  group_size = size // groups
+  k_group = min(k, group_size)
+  scores, local = jax.lax.top_k(ranked.reshape(*lead, groups, group_size), k_group)
+  offsets = (jnp.arange(groups, dtype=local.dtype) * group_size)[:, None]
+  scores = scores.reshape(*lead, groups * k_group)
+  index = (local + offsets).reshape(*lead, groups * k_group)
+  top_scores, pick = jax.lax.top_k(scores, k)
+  return top_scores, jnp.take_along_axis(index, pick, axis=-1)
+
+
 def push(bank: MemoryBank, feats: jax.Array, labels: jax.Array, scores: jax.Array,
          k: int) -> MemoryBank:
   """Writes up to `k` candidates per class into their queues.
@@ -52,7 +93,7 @@ def push(bank: MemoryBank, feats: jax.Array, labels: jax.Array, scores: jax.Arra
   is_candidate = labels[None, :] == classes[:, None]  # [C, P]
   # -inf marks "not a candidate of this class"; top_k puts those last.
   ranked = jnp.where(is_candidate, scores[None, :].astype(jnp.float32), -jnp.inf)
-  top_scores, top_idx = jax.lax.top_k(ranked, k)  # [C, k], sorted descending
+  top_scores, top_idx = top_k_two_stage(ranked, k)  # [C, k], sorted descending
   take = jnp.isfinite(top_scores)  # [C, k]; the first `taken` slots of each row are True
   taken = take.sum(axis=1).astype(jnp.int32)  # [C]
 

@@ -71,3 +71,28 @@ def test_k_out_of_range_is_an_error():
   with pytest.raises(ValueError, match='k_per_step'):
     memory_bank.push(bank, jnp.ones((P, D)), jnp.zeros((P,), jnp.int32), jnp.ones((P,)),
                      k=N + 1)
+
+
+@pytest.mark.parametrize('size,k', [(2048, 1), (2048, 5), (8580, 1), (8580, 4), (1536, 7),
+                                    (300, 3), (4096, 512)])
+def test_two_stage_top_k_equals_one_top_k_with_ties_and_non_candidates(size, k):
+  rng = np.random.default_rng(size + k)
+  # Few distinct values: many ties across and within groups; -inf rows have < k candidates.
+  ranked = rng.integers(0, 4, size=(2, 3, size)).astype(np.float32) / 4
+  ranked[:, 1] = np.where(rng.random((2, size)) < 0.999, -np.inf, ranked[:, 1])
+  ranked[:, 2] = -np.inf
+  want_scores, want_idx = jax.lax.top_k(jnp.asarray(ranked), k)
+  got_scores, got_idx = jax.jit(memory_bank.top_k_two_stage, static_argnums=1)(ranked, k)
+  np.testing.assert_array_equal(got_scores, want_scores)
+  finite = np.isfinite(np.asarray(want_scores))  # which -inf entry fills a row is unused
+  np.testing.assert_array_equal(np.asarray(got_idx)[finite], np.asarray(want_idx)[finite])
+
+
+def test_ranking_groups_are_powers_of_two_of_at_least_min_group():
+  # Cityscapes 256x512 crops give 33x65 = 2145 output pixels per image (odd).
+  assert memory_bank.ranking_groups(8 * 2145, 1) == 8  # one image per group
+  assert memory_bank.ranking_groups(16 * 2145, 1) == 16
+  assert memory_bank.ranking_groups(8 * 256, 2) == 8  # demo: 16x16 maps
+  assert memory_bank.ranking_groups(8 * 256, 512) == 4  # groups hold >= k candidates
+  assert memory_bank.ranking_groups(2145, 1) == 1
+  assert memory_bank.ranking_groups(40, 3) == 1  # smaller than one group

@@ -163,3 +163,10 @@ def test_resize_and_max_pool_match_torch():
       got = layers.max_pool_3x3_s2(jnp.asarray(x), ceil_mode)
       np.testing.assert_array_equal(got, want.numpy().transpose(0, 2, 3, 1))
 
+
+
+def test_remat_key_reaches_the_backbone():
+  """model.remat is passed to the ResNet (tests/test_resnet_remat.py: same values)."""
+  assert get_model(model_config(remat='blocks'), 3).remat == 'blocks'
+  with pytest.raises(ValueError, match='model.remat'):
+    get_model(model_config(remat='layers'), 3)

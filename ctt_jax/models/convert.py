@@ -88,6 +88,7 @@ def model_config_for(backbone: str, layout: str, head: str | None, width_multipl
       output_stride=8,
       width_multiplier=width_multiplier, feature_dim=feature_dim,
       projection_dim=projection_dim, freeze_bn=True, dtype='float32', conv_impl='xla',
+      remat='',
       skip_head=head is None))
 
 

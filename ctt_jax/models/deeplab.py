@@ -45,7 +45,7 @@ import ml_collections
 from ctt_jax.models import fast_conv
 from ctt_jax.models.ctt_head import CTTHead
 from ctt_jax.models.layers import ConvBN, batch_norm, conv, resize_bilinear
-from ctt_jax.models.resnet import ResNet, check_backbone_config, scale_width
+from ctt_jax.models.resnet import ResNet, check_backbone_config, check_remat, scale_width
 
 ASPP_V2_RATES = (6, 12, 18, 24)
 DEEPLABV2_HEADS = ('bottleneck', 'aspp_se')  # model.head
@@ -134,7 +134,7 @@ class DeepLab(nn.Module):
   """
   num_classes: int
   head: str = 'deeplabv2'  # deeplabv2 | deeplabv3plus
-  v2_head: str = 'bottleneck'  # DeepLabV2 only: bottleneck | ctt
+  v2_head: str = 'bottleneck'  # DeepLabV2 only: bottleneck | aspp_se
   backbone_name: str = 'resnet101'
   layout: str = 'caffe'
   output_stride: int = 8
@@ -144,13 +144,14 @@ class DeepLab(nn.Module):
   freeze_bn: bool = True
   dtype: Any = jnp.float32
   conv_impl: str = 'xla'  # k x k convolutions: 'xla' | 'im2col' | 'auto' (layers.conv)
+  remat: str = ''  # backbone rematerialisation: '' | 'blocks' | 'stages' (resnet.py)
 
   @nn.compact
   def __call__(self, images, train: bool = False):
     use_running_average = (not train) or self.freeze_bn
     stages = ResNet(self.backbone_name, self.layout, self.output_stride,
                     self.width_multiplier, self.freeze_bn, self.dtype, self.conv_impl,
-                    name='backbone')(images, train)
+                    remat=self.remat, name='backbone')(images, train)
     if self.head == 'deeplabv2' and self.v2_head == 'aspp_se':
       logits, features = CTTHead(self.num_classes, scale_width(256, self.width_multiplier),
                                  self.feature_dim, self.dtype, self.conv_impl,
@@ -195,7 +196,6 @@ def build_deeplab(model_config: ml_collections.ConfigDict, num_classes: int) -> 
   return DeepLab(
       num_classes=num_classes,
       head=model_config.name,
-      # Configs written before the key existed get the head they were trained with.
       v2_head=check_deeplabv2_head(model_config.head),
       backbone_name=model_config.backbone,
       layout=model_config.layout,
@@ -205,6 +205,6 @@ def build_deeplab(model_config: ml_collections.ConfigDict, num_classes: int) -> 
       projection_dim=int(model_config.projection_dim),
       freeze_bn=bool(model_config.freeze_bn),
       dtype=jnp.bfloat16 if model_config.dtype == 'bfloat16' else jnp.float32,
-      # Configs written before the key existed get the default.
       conv_impl=fast_conv.check_conv_impl(model_config.conv_impl),
+      remat=check_remat(model_config.remat),
   )

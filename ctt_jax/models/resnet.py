@@ -19,6 +19,13 @@ Output stride 8: layer3/4 have stride 1 and dilation 2/4; 16: layer4 stride 1, d
 `ResNet(...)(x, train)` maps [B, H, W, 3] to a dict of the four stages
 `{'layer1': [B, H/4, W/4, 64m*e], ..., 'layer4': [B, H/os, W/os, 512m*e]}` (sizes rounded
 up; e = 4 for bottleneck nets, 1 otherwise; m = `width_multiplier`).
+
+Rematerialisation (`model.remat`, flax `nn.remat`): '' stores every activation the backward
+pass needs; 'blocks' stores only each block's input and recomputes the block's inside in
+the backward pass (about one more forward pass of the backbone, a fraction of the memory);
+'stages' stores only each stage's input (least stored, but the backward pass of a stage
+holds all of that stage's recomputed activations at once). Parameter names and values are
+the same in every mode.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ from ctt_jax.models import fast_conv
 from ctt_jax.models.layers import batch_norm, conv, max_pool_3x3_s2
 
 LAYOUTS = ('torchvision', 'caffe', 'v1c', 'deepbase')
+REMAT_MODES = ('', 'blocks', 'stages')
 # name -> (block type, blocks per stage)
 DEPTHS = {
     'resnet18': ('basic', (2, 2, 2, 2)),
@@ -62,6 +70,13 @@ def check_backbone_config(backbone: str, layout: str, output_stride: int):
     raise ValueError(f'Unknown model.layout {layout!r}; valid: {", ".join(LAYOUTS)}.')
   if output_stride not in STAGE_GEOMETRY:
     raise ValueError(f'model.output_stride must be 8, 16 or 32, got {output_stride}.')
+
+
+def check_remat(remat: str) -> str:
+  """Returns `remat` if it is a valid `model.remat`, else a ValueError naming the choices."""
+  if remat not in REMAT_MODES:
+    raise ValueError(f"Unknown model.remat {remat!r}; valid: '' (none), 'blocks', 'stages'.")
+  return remat
 
 
 class BasicBlock(nn.Module):
@@ -128,6 +143,17 @@ class Bottleneck(nn.Module):
     return fast_conv.materialize(nn.relu(out + x), self.conv_impl)
 
 
+def _run_blocks(module: nn.Module, x, block_class, specs: tuple):
+  """Applies one stage's blocks (`specs`: static keyword tuples) as children of `module`.
+
+  A function of the parent module, so that `nn.remat` can wrap a whole stage without adding
+  a level to the parameter names (`layer3_5` stays a direct child of the backbone).
+  """
+  for spec in specs:
+    x = block_class(parent=module, **dict(spec))(x)
+  return x
+
+
 class ResNet(nn.Module):
   """Dilated ResNet; see the module docstring for layouts and output sizes."""
   depth: str = 'resnet101'
@@ -137,10 +163,12 @@ class ResNet(nn.Module):
   freeze_bn: bool = True
   dtype: Any = jnp.float32
   conv_impl: str = 'xla'  # k x k convolutions: 'xla' | 'im2col' | 'auto' (layers.conv)
+  remat: str = ''  # '' | 'blocks' | 'stages' (module docstring)
 
   @nn.compact
   def __call__(self, x, train: bool = False) -> dict:
     check_backbone_config(self.depth, self.layout, self.output_stride)
+    check_remat(self.remat)
     # Frozen BN uses the running statistics in training too (and never updates them).
     use_running_average = (not train) or self.freeze_bn
     bn = lambda name: batch_norm(use_running_average, self.dtype, name)
@@ -161,6 +189,10 @@ class ResNet(nn.Module):
 
     block_type, blocks_per_stage = DEPTHS[self.depth]
     strides, dilations = STAGE_GEOMETRY[self.output_stride]
+    block_class = Bottleneck if block_type == 'bottleneck' else BasicBlock
+    if self.remat == 'blocks':
+      # Only the block's input is kept for the backward pass; its inside is recomputed.
+      block_class = nn.remat(block_class)
     stages = {}
     previous_dilation = 1
     for stage, (blocks, stride, dilation) in enumerate(
@@ -168,24 +200,27 @@ class ResNet(nn.Module):
       planes = width(64 * 2**stage)
       # torchvision/mmseg: the first block of a dilated stage keeps the previous dilation.
       first_dilation = dilation if self.layout == 'caffe' else previous_dilation
+      out_channels = planes * block_class.expansion
+      specs = []
       for b in range(blocks):
-        common = dict(
+        spec = dict(
             planes=planes,
             stride=stride if b == 0 else 1,
             dilation=dilation,
             first_dilation=first_dilation if b == 0 else dilation,
+            downsample=b == 0 and (stride != 1 or x.shape[-1] != out_channels),
             use_running_average=use_running_average,
             dtype=self.dtype,
             conv_impl=self.conv_impl,
             name=f'layer{stage + 1}_{b}')
         if block_type == 'bottleneck':
-          block = Bottleneck(
-              downsample=b == 0 and (stride != 1 or x.shape[-1] != planes * 4),
-              stride_on_1x1=self.layout == 'caffe', **common)
-        else:
-          block = BasicBlock(downsample=b == 0 and (stride != 1 or x.shape[-1] != planes),
-                             **common)
-        x = block(x)
+          spec['stride_on_1x1'] = self.layout == 'caffe'
+        specs.append(tuple(sorted(spec.items())))  # hashable: a static argument of remat
+      run = _run_blocks
+      if self.remat == 'stages':
+        # Only the stage's input is kept; the whole stage is recomputed in the backward pass.
+        run = nn.remat(_run_blocks, static_argnums=(2, 3))
+      x = run(self, x, block_class, tuple(specs))
       stages[f'layer{stage + 1}'] = x
       previous_dilation = dilation
     return stages

@@ -1,0 +1,318 @@
+"""The TPU compile table: HBM, FLOPs and roofline of the paper configs on Cloud TPU slices.
+
+    bash scripts/setup_tpu_compile_env.sh                       # once: the libtpu venv
+    nice -n 19 /work/tpu-venv/bin/python scripts/tpu_compile_table.py [--rows=main]
+
+Compiles each row (config, method, dtype, remat, per-chip batch, topology) with
+`ctt_jax.tpu_compile.compile_report`, each in its own process, and appends it to
+`benchmarks/results/tpu_compile.json` (`{"rows": [...]}`) as soon as it finishes. Rows
+already in the file are skipped, so a killed run resumes where it stopped. A ResNet-101
+step takes ~12 minutes to compile on a 2-core machine: order matters, the most useful rows
+come first.
+
+Row sets (`--rows`, comma-separated): `main` (the paper configs on the four single-host
+slices and one multi-host slice), `search` (the largest per-chip batch that fits, found
+by doubling then bisecting, for each config, dtype and slice of `main`), `scaling`
+(per-chip FLOPs and HBM against num_pairs, bank_size and crop size), `demo` (seconds).
+
+The batch rule: `batch_size` is the global labeled batch (the unlabeled one is as large),
+so a row's per-chip batch p on D chips compiles `batch_size = p * D`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Iterable, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_OUTPUT = os.path.join(ROOT, 'benchmarks', 'results', 'tpu_compile.json')
+CITYSCAPES = 'configs/cityscapes.py:1_30'
+VOC_AUG = 'configs/voc_aug.py:1_50'
+VOC_CLASSIC = 'configs/voc_classic.py:1_16'
+SINGLE_HOST = ('v5e:2x4', 'v4:2x2x1', 'v5p:2x2x1', 'v6e:2x4')
+MULTI_HOST = 'v5e:4x4'
+# What identifies a row: rerunning a row with these values equal is a skip.
+KEY_FIELDS = ('step', 'topology', 'config', 'method', 'dtype', 'remat', 'per_chip_batch',
+              'overrides')
+
+
+def row(config: str, topology: str, *, method: str = 'ctt', dtype: str = 'float32',
+        per_chip_batch: int = 1, remat: str = '', overrides: str = '',
+        step: str = 'train') -> dict[str, Any]:
+  """A row to compile (its key fields only)."""
+  return {'step': step, 'topology': topology, 'config': config, 'method': method,
+          'dtype': dtype, 'remat': remat, 'per_chip_batch': per_chip_batch,
+          'overrides': overrides}
+
+
+def row_key(r: dict[str, Any]) -> tuple:
+  return tuple(r.get(f, '') for f in KEY_FIELDS)
+
+
+def method_overrides(method: str) -> str:
+  # The paper's supervised baseline is one network (README "Running the paper's protocols").
+  return 'method=supervised,num_pairs=1' if method == 'supervised' else f'method={method}'
+
+
+def main_rows() -> list[dict[str, Any]]:
+  """The paper configs, most important first (the issue's 'done when' rows lead)."""
+  # Cityscapes CTT on v5e-8 and v4-8: one image + one per chip (the issue's baseline),
+  # then two + two in bfloat16, remat, float32.
+  rows = [row(CITYSCAPES, 'v5e:2x4', dtype='float32', per_chip_batch=1),
+          row(CITYSCAPES, 'v5e:2x4', dtype='bfloat16', per_chip_batch=2),
+          row(CITYSCAPES, 'v4:2x2x1', dtype='bfloat16', per_chip_batch=2),
+          row(CITYSCAPES, 'v5e:2x4', dtype='bfloat16', per_chip_batch=2, remat='blocks'),
+          row(CITYSCAPES, 'v4:2x2x1', dtype='float32', per_chip_batch=2),
+          row(CITYSCAPES, 'v5e:2x4', dtype='bfloat16', per_chip_batch=1),
+          row(CITYSCAPES, 'v5e:2x4', dtype='float32', per_chip_batch=2),
+          row(CITYSCAPES, 'v5e:2x4', dtype='float32', per_chip_batch=2, remat='blocks'),
+          row(CITYSCAPES, 'v4:2x2x1', dtype='float32', per_chip_batch=1),
+          row(CITYSCAPES, 'v4:2x2x1', dtype='bfloat16', per_chip_batch=1),
+          row(CITYSCAPES, 'v4:2x2x1', dtype='float32', per_chip_batch=2, remat='blocks')]
+  rows.append(row(CITYSCAPES, 'v5e:2x4', step='eval'))
+  for topology in ('v5p:2x2x1', 'v6e:2x4', MULTI_HOST):
+    for dtype in ('float32', 'bfloat16'):
+      rows.append(row(CITYSCAPES, topology, dtype=dtype, per_chip_batch=2))
+  for config in (VOC_AUG, VOC_CLASSIC):
+    for topology in SINGLE_HOST + (MULTI_HOST,):
+      for dtype in ('float32', 'bfloat16'):
+        rows.append(row(config, topology, dtype=dtype, per_chip_batch=1))
+  for topology in SINGLE_HOST:
+    rows.append(row(CITYSCAPES, topology, method='supervised', dtype='float32',
+                    per_chip_batch=2))
+  for config in (CITYSCAPES, VOC_AUG, VOC_CLASSIC):
+    rows.append(row(config, 'v5e:2x4', dtype='bfloat16', step='eval'))
+  return rows
+
+
+def scaling_rows() -> list[dict[str, Any]]:
+  """Per-chip cost against pairs, bank size and crop (v5e-8, bf16, 1 + 1 per chip)."""
+  rows = []
+  for pairs in (1, 2, 3):
+    rows.append(row(CITYSCAPES, 'v5e:2x4', dtype='bfloat16', overrides=f'num_pairs={pairs}'))
+  for bank in (128, 256, 512, 1024):
+    rows.append(row(CITYSCAPES, 'v5e:2x4', dtype='bfloat16', overrides=f'bank_size={bank}'))
+  for crop in ('256x512', '384x768', '512x1024'):
+    rows.append(row(CITYSCAPES, 'v5e:2x4', dtype='bfloat16',
+                    overrides=f'data.crop_size={crop}'))
+  return rows
+
+
+def demo_rows() -> list[dict[str, Any]]:
+  return [row('configs/demo.py', 'v5e:2x2', per_chip_batch=2),
+          row('configs/demo.py', 'v5e:2x2', step='eval')]
+
+
+# ----------------------------------------------------------------------------------------
+# The results file
+# ----------------------------------------------------------------------------------------
+
+
+def load_rows(path: str) -> list[dict[str, Any]]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return json.load(f)['rows']
+
+
+def append_row(path: str, result: dict[str, Any]):
+  """Adds one row, rewriting the file atomically (a kill never leaves half a file)."""
+  rows = load_rows(path) + [result]
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump({'rows': rows}, f, indent=1)
+  os.replace(tmp, path)
+
+
+def pending(rows: Iterable[dict[str, Any]], done: list[dict[str, Any]]):
+  """The rows whose key is not in `done`, in order, without duplicates."""
+  seen = {row_key(r) for r in done}
+  for r in rows:
+    if row_key(r) not in seen:
+      seen.add(row_key(r))
+      yield r
+
+
+def find(done: list[dict[str, Any]], wanted: dict[str, Any]) -> Optional[dict[str, Any]]:
+  for r in done:
+    if row_key(r) == row_key(wanted):
+      return r
+  return None
+
+
+# ----------------------------------------------------------------------------------------
+# One row (run in a child process: a fresh heap per compile)
+# ----------------------------------------------------------------------------------------
+
+
+def config_arg(r: dict[str, Any], num_chips: int) -> tuple[str, str]:
+  """(config file, argument string) of a row: partition, method, dtype, remat, batch,
+  extras."""
+  path, _, arg = r['config'].partition(':')
+  parts = [arg] if arg else []
+  parts += [method_overrides(r['method']), f"model.dtype={r['dtype']}",
+            f"model.remat={r['remat']}", f"batch_size={r['per_chip_batch'] * num_chips}"]
+  if r['overrides']:
+    parts.append(r['overrides'])
+  return path, ','.join(parts)
+
+
+def compile_row(r: dict[str, Any]) -> dict[str, Any]:
+  """Compiles one row in this process and returns the table row (JSON-able)."""
+  sys.path.insert(0, ROOT)
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from ctt_jax import tpu_compile  # pylint: disable=g-import-not-at-top
+  topo = tpu_compile.parse_topology(r['topology'])
+  path, arg = config_arg(r, topo.num_chips)
+  spec = importlib.util.spec_from_file_location('row_config', os.path.join(ROOT, path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg)
+  start = time.time()
+  report = tpu_compile.compile_report(config, r['topology'], steps=(r['step'],))
+  step = report[r['step']]
+  flops, moved = step.get('flops'), step.get('bytes_accessed')
+  return {
+      **r, 'hbm_gib': round(step['total_gib'], 3),
+      'hbm_capacity_gib': report['hbm_capacity_gib'], 'fits': step['fits'],
+      'tflop_per_chip_step': None if flops is None else round(flops / 1e12, 4),
+      'roofline_s': None if 'roofline_s' not in step else round(step['roofline_s'], 5),
+      'bound': step.get('bound'),
+      'gib_accessed_per_chip_step': None if moved is None else round(moved / 2**30, 2),
+      'hbm_argument_gib': step.get('argument_gib'), 'hbm_temp_gib': step.get('temp_gib'),
+      'hbm_output_gib': step.get('output_gib'), 'hbm_alias_gib': step.get('alias_gib'),
+      'collectives': step.get('collectives'),
+      'collective_instructions': step.get('collective_instructions'),
+      'compile_error': step.get('compile_error'), 'compile_s': round(step['compile_s'], 1),
+      'wall_s': round(time.time() - start, 1), 'num_chips': report['num_chips'],
+      'num_hosts': report['num_hosts'], 'global_batch': report['global_batch'],
+      'num_pairs': report['num_pairs'], 'bank_size': report['bank_size'],
+      'crop_size': report['crop_size'], 'config_arg': arg,
+      'measured': time.strftime('%Y-%m-%d'),
+  }
+
+
+def run_in_child(r: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+  # Compile-only libtpu touches no chip: let it load beside another libtpu process (its
+  # lockfile otherwise allows one per machine, e.g. no CI check while the table runs).
+  env = dict(os.environ, ALLOW_MULTIPLE_LIBTPU_LOAD='1')
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--one', json.dumps(r)],
+                        capture_output=True, text=True, timeout=timeout_s, cwd=ROOT, env=env)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith('{')]
+  if proc.returncode or not lines:
+    raise RuntimeError(f'row {row_key(r)} failed:\n{proc.stderr[-3000:]}')
+  return json.loads(lines[-1])
+
+
+# ----------------------------------------------------------------------------------------
+# The largest per-chip batch that fits
+# ----------------------------------------------------------------------------------------
+
+
+def next_batch_to_try(fits_by_batch: dict[int, bool], limit: int = 64) -> Optional[int]:
+  """Doubling from 1 until a batch does not fit, then bisecting; None when settled."""
+  fitting = [p for p, ok in fits_by_batch.items() if ok]
+  failing = [p for p, ok in fits_by_batch.items() if not ok]
+  low = max(fitting, default=0)
+  high = min([p for p in failing if p > low], default=None)
+  if high is None:
+    candidate = 1 if low == 0 else 2 * low
+    return candidate if candidate <= limit else None
+  if high - low <= 1:
+    return None
+  return (low + high) // 2
+
+
+def search_rows() -> list[dict[str, Any]]:
+  """The bases whose largest fitting per-chip batch `--rows=search` finds."""
+  bases = []
+  for config in (CITYSCAPES, VOC_AUG, VOC_CLASSIC):
+    for topology in ('v5e:2x4', 'v4:2x2x1', 'v5p:2x2x1', 'v6e:2x4'):
+      for dtype in ('bfloat16', 'float32'):
+        bases.append(row(config, topology, dtype=dtype))
+  return bases
+
+
+def search(base: dict[str, Any], path: str, timeout_s: float):
+  """Compiles per-chip batches of `base` until the largest that fits is known."""
+  while True:
+    done = load_rows(path)
+    fits_by_batch = {}
+    for r in done:
+      if row_key({**r, 'per_chip_batch': 0}) == row_key({**base, 'per_chip_batch': 0}):
+        fits_by_batch[r['per_chip_batch']] = r['fits']
+    batch = next_batch_to_try(fits_by_batch)
+    if batch is None:
+      return max([p for p, ok in fits_by_batch.items() if ok], default=0)
+    append_row(path, run_and_log({**base, 'per_chip_batch': batch}, timeout_s))
+
+
+def run_and_log(r: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+  print(f'compiling {row_key(r)} ...', flush=True)
+  result = run_in_child(r, timeout_s)
+  print(f"  {result['hbm_gib']:.2f} GiB of {result['hbm_capacity_gib']} "
+        f"({'fits' if result['fits'] else 'does NOT fit'}), "
+        f"{result['tflop_per_chip_step']} TFLOP, roofline {result['roofline_s']} s "
+        f"({result['bound']}), {result['compile_s']} s to compile", flush=True)
+  return result
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+  """The results as a README table, one line per compiled row, in file order."""
+  head = ('| slice | config | method | dtype | remat | per chip | extra | step | HBM GiB / chip '
+          '| fits | TFLOP / chip-step | GiB moved | roofline s | bound | all-gathers |')
+  lines = [head, '|' + '---|' * (head.count('|') - 1)]
+  for r in rows:
+    gathers = (r.get('collectives') or {}).get('all-gather', '-')
+    cells = [r['topology'], r['config'].replace('configs/', ''), r['method'], r['dtype'],
+             r['remat'] or '-', str(r['per_chip_batch']), r['overrides'] or '-', r['step'],
+             f"{r['hbm_gib']:.2f} / {r['hbm_capacity_gib']:g}",
+             'yes' if r['fits'] else 'NO',
+             '-' if r['tflop_per_chip_step'] is None else f"{r['tflop_per_chip_step']:.2f}",
+             '-' if r.get('gib_accessed_per_chip_step') is None
+             else f"{r['gib_accessed_per_chip_step']:.1f}",
+             '-' if r['roofline_s'] is None else f"{r['roofline_s']:.3f}",
+             r['bound'] or '-', str(gathers)]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--rows', default='main', help='main, search, scaling, demo; '
+                      'comma-separated, run in that order')
+  parser.add_argument('--output', default=DEFAULT_OUTPUT)
+  parser.add_argument('--timeout_s', type=float, default=3600, help='per row')
+  parser.add_argument('--markdown', action='store_true',
+                      help='print the rows of --output as a table and exit')
+  parser.add_argument('--one', help=argparse.SUPPRESS)  # child: compile one JSON row
+  args = parser.parse_args(argv)
+  if args.markdown:
+    print(markdown(load_rows(args.output)))
+    return
+  if args.one:
+    print(json.dumps(compile_row(json.loads(args.one))))
+    return
+  builders = {'main': main_rows, 'scaling': scaling_rows, 'demo': demo_rows}
+  for name in args.rows.split(','):
+    if name == 'search':
+      for base in search_rows():
+        largest = search(base, args.output, args.timeout_s)
+        print(f'largest per-chip batch that fits: {largest} for {row_key(base)}', flush=True)
+      continue
+    if name not in builders:
+      raise SystemExit(f'Unknown row set {name!r}; use main, search, scaling or demo.')
+    for r in pending(builders[name](), load_rows(args.output)):
+      try:
+        append_row(args.output, run_and_log(r, args.timeout_s))
+      except (RuntimeError, subprocess.TimeoutExpired) as e:
+        print(f'  failed, left for the next run: {e}', flush=True)
+
+
+if __name__ == '__main__':
+  main()

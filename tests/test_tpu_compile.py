@@ -1,0 +1,212 @@
+"""The TPU compile check's arithmetic, HLO reading and table bookkeeping, without libtpu.
+
+The compile itself needs the TPU venv (`.ci/tpu_compile_check` runs it); here: the
+collective counter on a real sharded program compiled for 4 fake CPU devices, the roofline
+and fits rules, the topology table, XLA's out-of-HBM message, and the table script's
+resume and batch-search logic.
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ctt_jax import tpu_compile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location(
+    'tpu_compile_table', os.path.join(ROOT, 'scripts', 'tpu_compile_table.py'))
+table = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(table)
+
+# A sum over a sharded axis needs an all-reduce; top_k over a sharded axis gathers it.
+_SHARDED_PROGRAM = r'''
+import json
+import jax, jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+from ctt_jax import sharding, tpu_compile
+mesh = sharding.make_mesh(jax.devices())
+x = jax.ShapeDtypeStruct((4, 64), jnp.float32, sharding=NamedSharding(mesh, P(None, 'data')))
+def f(x):
+  return x.sum(), jax.lax.top_k(x, 3)[1]
+hlo = jax.jit(f, out_shardings=NamedSharding(mesh, P())).lower(x).compile().as_text()
+print(json.dumps({'n': len(jax.devices()), 'logical': tpu_compile.count_collectives(hlo),
+                  'raw': tpu_compile.count_collectives(hlo, logical=False)}))
+'''
+
+
+def test_collectives_of_a_program_compiled_for_four_fake_devices():
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, '-c', _SHARDED_PROGRAM], capture_output=True,
+                        text=True, timeout=120, env=env, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out['n'] == 4
+  assert out['logical']['all-reduce'] >= 1
+  assert out['logical']['all-gather'] + out['logical']['all-to-all'] >= 1
+  assert set(out['logical']) == set(tpu_compile.COLLECTIVES)
+  for kind in tpu_compile.COLLECTIVES:
+    assert out['raw'][kind] >= out['logical'][kind]
+
+
+HLO = '''
+%async_collective_fusion.1 (p: s32[2,5,512]) -> s32[2,5,2048] {
+  %all-gather.11 = s32[2,5,2048]{2,1,0:T(8,128)} all-gather(%p), channel_id=98
+}
+%async_collective_fusion.2 (p: s32[2,5,512]) -> s32[2,5,2048] {
+  %all-gather.13 = s32[2,5,2048]{2,1,0:T(8,128)S(1)} all-gather(%p), channel_id=98
+}
+ENTRY %main {
+  %ars = (f32[16]{0:T(128)}, /*index=5*/f32[8]{0}) all-reduce-start(%a, %b), channel_id=3
+  %ard = (f32[16]{0:T(128)}, f32[8]{0}) all-reduce-done(%ars)
+  %ag = f32[2,5,2048]{2,1,0} all-gather(%q), channel_id=97, dimensions={2}
+  %cp = f32[4]{0} collective-permute(%r), channel_id=5, source_target_pairs={{0,1}}
+  %rs = f32[4]{0} reduce-scatter(%s), channel_id=6, dimensions={0}
+  %ata = s32[4,1,128]{2,1,0} all-to-all(%t), channel_id=7, dimensions={0}
+  %ar = f32[] all-reduce(%u), replica_groups={}, to_apply=%add
+}
+'''
+
+
+def test_count_collectives_counts_operations_and_instructions():
+  assert tpu_compile.count_collectives(HLO) == {
+      'all-reduce': 2, 'all-gather': 2, 'reduce-scatter': 1, 'all-to-all': 1,
+      'collective-permute': 1}
+  raw = tpu_compile.count_collectives(HLO, logical=False)
+  assert raw['all-gather'] == 3 and raw['all-reduce'] == 2  # -done is not counted
+  top = tpu_compile.repeated_collectives(HLO, top=1)[0]
+  assert top == {'kind': 'all-gather', 'shape': 's32[2,5,2048]', 'instructions': 2,
+                 'operations': 1}
+
+
+def test_roofline_names_the_slower_bound():
+  chip = tpu_compile.CHIPS['v5e']
+  hbm = tpu_compile.roofline(flops=1e12, bytes_accessed=819e9, chip=chip, dtype='bfloat16')
+  assert hbm['bound'] == 'HBM' and hbm['roofline_s'] == pytest.approx(1.0)
+  assert hbm['compute_s'] == pytest.approx(1e12 / 197e12)
+  compute = tpu_compile.roofline(flops=394e12, bytes_accessed=1e9, chip=chip, dtype='float32')
+  assert compute['bound'] == 'compute' and compute['roofline_s'] == pytest.approx(2.0)
+
+
+def test_fits_keeps_the_margin():
+  assert tpu_compile.fits(14.3, 16) and not tpu_compile.fits(14.5, 16)
+  assert tpu_compile.fits(15.9, 16, margin=0.0)
+
+
+def test_chip_table_holds_the_published_figures():
+  assert {g: (c.hbm_gib, c.peak_bf16_flops / 1e12, c.hbm_bytes_per_s / 1e9)
+          for g, c in tpu_compile.CHIPS.items()} == {
+      'v4': (32, 275, 1200), 'v5e': (16, 197, 819), 'v5p': (95, 459, 2765),
+      'v6e': (32, 918, 1638)}
+
+
+@pytest.mark.parametrize('name,canonical,chips,options', [
+    ('v5e:2x2', 'v5e:2x2', 4, {'chips_per_host_bounds': (2, 2, 1)}),
+    ('v5e-8', 'v5e:2x4', 8, {'chips_per_host_bounds': (2, 4, 1)}),
+    ('v6e:2x4', 'v6e:2x4', 8, {'chips_per_host_bounds': (2, 4, 1)}),
+    ('v5e:4x4', 'v5e:4x4', 16, {'chips_per_host_bounds': (2, 2, 1)}),
+    ('v4-8', 'v4:2x2x1', 4, {'chip_config_name': 'megacore',
+                             'chips_per_host_bounds': (2, 2, 1)}),
+    ('v4:2x2x2', 'v4:2x2x2', 8, {'chip_config_name': 'megacore',
+                                 'chips_per_host_bounds': (2, 2, 1)}),
+    ('v5p-8', 'v5p:2x2x1', 4, {'chip_config_name': 'megacore',
+                               'chips_per_host_bounds': (2, 2, 1)}),
+])
+def test_parse_topology(name, canonical, chips, options):
+  topo = tpu_compile.parse_topology(name)
+  assert (topo.name, topo.num_chips, dict(topo.options)) == (canonical, chips, options)
+
+
+@pytest.mark.parametrize('name', ['v3-8', 'v5e', 'v5e:2x2x1', 'v4:2x2', 'tpu'])
+def test_unknown_topology_is_one_sentence(name):
+  with pytest.raises(tpu_compile.CompileCheckError,
+                     match=r'^(Unknown TPU topology|TPU topology).*\.$'):
+    tpu_compile.parse_topology(name)
+
+
+@pytest.mark.skipif(importlib.util.find_spec('libtpu') is not None,
+                    reason='libtpu is installed here')
+def test_missing_libtpu_is_one_sentence():
+  with pytest.raises(tpu_compile.CompileCheckError,
+                     match='needs libtpu.*setup_tpu_compile_env.sh'):
+    tpu_compile.topology_devices(tpu_compile.parse_topology('v5e:2x2'))
+
+
+def test_batch_that_does_not_split_is_one_sentence():
+  config = type('C', (), {'batch_size': 2})()
+  with pytest.raises(tpu_compile.CompileCheckError,
+                     match='batch_size=2 .* does not split over 8 devices'):
+    tpu_compile.check_batch(config, 8)
+  config.batch_size = 16
+  assert tpu_compile.check_batch(config, 8) == 2
+
+
+def test_out_of_hbm_message_becomes_a_row():
+  message = ('RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for '
+             'HLO temporaries (32.00G) exceeds available HBM (15.75G).')
+  refused = tpu_compile.out_of_hbm(message)
+  assert refused['fits'] is False
+  assert refused['total_gib'] == pytest.approx(32.0)
+  assert refused['available_gib'] == pytest.approx(15.75)
+  assert tpu_compile.out_of_hbm('INVALID_ARGUMENT: something else') is None
+
+
+def test_table_appends_rows_and_resumes(tmp_path):
+  path = str(tmp_path / 'results' / 'tpu_compile.json')
+  rows = table.main_rows()
+  assert len({table.row_key(r) for r in rows}) == len(rows)
+  assert list(table.pending(rows, [])) == rows
+  table.append_row(path, {**rows[0], 'fits': True})
+  table.append_row(path, {**rows[2], 'fits': False})
+  done = table.load_rows(path)
+  assert [table.row_key(r) for r in done] == [table.row_key(rows[0]), table.row_key(rows[2])]
+  left = list(table.pending(rows + rows, done))  # duplicates asked twice run once
+  assert left == [r for i, r in enumerate(rows) if i not in (0, 2)]
+  assert not os.path.exists(path + '.tmp')
+  with open(path) as f:
+    assert set(json.load(f)) == {'rows'}
+
+
+def test_batch_search_doubles_then_bisects():
+  assert table.next_batch_to_try({}) == 1
+  assert table.next_batch_to_try({1: True}) == 2
+  assert table.next_batch_to_try({1: True, 2: True, 4: True}) == 8
+  assert table.next_batch_to_try({1: True, 2: True, 4: True, 8: False}) == 6
+  assert table.next_batch_to_try({1: True, 2: True, 4: True, 8: False, 6: True}) == 7
+  assert table.next_batch_to_try({1: True, 2: True, 4: True, 8: False, 6: True,
+                                   7: False}) is None
+  assert table.next_batch_to_try({1: False}) is None
+  assert table.next_batch_to_try({1: True}, limit=1) is None
+
+
+def test_row_config_argument_is_the_global_batch():
+  r = table.row(table.CITYSCAPES, 'v5e:2x4', method='supervised', dtype='bfloat16',
+                per_chip_batch=2, remat='blocks', overrides='bank_size=256')
+  path, arg = table.config_arg(r, num_chips=8)
+  assert path == 'configs/cityscapes.py'
+  assert arg == ('1_30,method=supervised,num_pairs=1,model.dtype=bfloat16,'
+                 'model.remat=blocks,batch_size=16,bank_size=256')
+
+
+def test_markdown_table_has_one_line_per_row():
+  done = {**table.row(table.CITYSCAPES, 'v5e:2x4', dtype='bfloat16', per_chip_batch=2),
+          'hbm_gib': 9.5, 'hbm_capacity_gib': 16, 'fits': True, 'tflop_per_chip_step': 4.2,
+          'gib_accessed_per_chip_step': 80.0, 'roofline_s': 0.1, 'bound': 'HBM',
+          'collectives': {'all-gather': 2}}
+  refused = {**done, 'fits': False, 'tflop_per_chip_step': None, 'roofline_s': None,
+             'bound': None, 'collectives': None, 'gib_accessed_per_chip_step': None}
+  lines = table.markdown([done, refused]).splitlines()
+  assert len(lines) == 4 and lines[0].count('|') == lines[2].count('|')
+  assert '| 9.50 / 16 | yes | 4.20 | 80.0 | 0.100 | HBM | 2 |' in lines[2]
+  assert '| NO | - | - | - | - | - |' in lines[3]
+
+
+def test_settings_are_checked_before_anything_compiles():
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  with pytest.raises(tpu_compile.CompileCheckError, match='does not split over 4 devices'):
+    tpu_compile.compile_report(demo.get_config('batch_size=6'), 'v5e:2x2')
+  with pytest.raises(tpu_compile.CompileCheckError, match="model.remat='blocks' has no effect"):
+    tpu_compile.compile_report(demo.get_config('model.remat=blocks'), 'v5e:2x2')
