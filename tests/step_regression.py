@@ -14,7 +14,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,14 +36,9 @@ COMMON = 'contrastive_start_step=0,batch_size=4'
 
 
 def cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
+  sys.path.insert(0, ROOT)
+  from benchmarks import bench_utils  # pylint: disable=g-import-not-at-top
+  return bench_utils.cpu_name()
 
 
 def _batches(config, count):
