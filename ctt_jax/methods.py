@@ -64,10 +64,6 @@ class Method:
     return self.pseudo_labels_from != 'none'
 
   @property
-  def uses_banks(self) -> bool:
-    return self.semi_supervised and self.bank_push != 'none'
-
-  @property
   def input_streams(self) -> int:
     """Batches per step: labeled, plus unlabeled for the semi-supervised methods."""
     return 2 if self.semi_supervised else 1
