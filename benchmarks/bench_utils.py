@@ -1,7 +1,9 @@
 """ctt-jax side of benchmarks/step_benchmark.py: configs, random states, compiled steps,
-timing, and the result table. (The PyTorch side is benchmarks/torch_step.py.)"""
+timing, and the result table. (The PyTorch side is benchmarks/torch_step.py; the load
+protocol, priority and others' CPU share, is benchmarks/load_guard.py.)"""
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import sys
@@ -12,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import common
-from ctt_jax import models, train_state, train_step
+from benchmarks import load_guard as lg
+from configs import cityscapes
+from ctt_jax import models, optim, train_state, train_step
 from ctt_jax.models.testing import random_variables
 
 NUM_LABELED = 100  # Cityscapes 1_30: bank k = max(1, 100 // 128) = 1 per class and step
@@ -53,26 +56,39 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def add_network_args(parser) -> None:
-  """--size, --backbone, --width_multiplier: the network of a single-step script."""
+  """--size, --backbone, --width_multiplier, --head: the network of a single-step script."""
   parser.add_argument('--size', default='256x512')
   parser.add_argument('--backbone', default='resnet101')
   parser.add_argument('--width_multiplier', type=float, default=1.0)
+  add_head_arg(parser)
+
+
+def add_head_arg(parser) -> None:
+  parser.add_argument('--head', default=default_head(), choices=('aspp_se', 'bottleneck'),
+                      help="DeepLabV2 head, both frameworks (default: configs/cityscapes.py's, "
+                           f'{default_head()})')
+
+
+def default_head() -> str:
+  """The head of the Cityscapes config (the CTT authors' 'aspp_se'), not common.py's."""
+  return cityscapes.get_config().model.head
 
 
 def network_args(args) -> tuple[tuple[int, int], dict]:
   """(size, settings for make_config) from the arguments of `add_network_args`."""
   return parse_size(args.size), {'backbone': args.backbone,
-                                 'width_multiplier': args.width_multiplier}
+                                 'width_multiplier': args.width_multiplier,
+                                 'head': args.head}
 
 
 def make_config(s: dict, method: str, num_pairs: int, conv_impl: str, **overrides):
-  """The paper's Cityscapes setting (DeepLabV2 caffe R101, output stride 8, frozen BN,
-  19 classes, SGD) with the benchmark's backbone and method."""
-  c = common.base_config()
-  for key, value in common.CAFFE_INPUT.items():
-    c[key] = value
+  """The paper's Cityscapes setting (configs/cityscapes.py: DeepLabV2 caffe R101 with the
+  authors' head, output stride 8, frozen BN, 19 classes, SGD) with the benchmark's
+  backbone, head (`s['head']`, default the config's) and method."""
+  c = cityscapes.get_config()
   c.method, c.num_pairs = method, num_pairs
   c.model.backbone, c.model.width_multiplier = s['backbone'], s['width_multiplier']
+  c.model.head = s.get('head') or c.model.head
   c.model.conv_impl = conv_impl
   c.contrastive_start_step = 0  # HC and LC from the first step (the banks are pre-filled)
   for key, value in overrides.items():
@@ -98,6 +114,18 @@ def random_state(config, model, size, fill_banks: bool, seed: int = 0):
         feats=jnp.asarray(feats, jnp.float32),
         count=jnp.full_like(state.banks.count, config.bank_size)))
   return state
+
+
+def trainable_parameter_count(config, size=(33, 33)) -> int:
+  """Parameters the optimiser trains in one ctt-jax student (BN scale/bias excluded when
+  `model.freeze_bn`), from shapes only (no init, no compile)."""
+  model = models.get_model(config.model, config.num_classes)
+  images = jax.ShapeDtypeStruct((1, *size, 3), jnp.float32)
+  params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
+                          images)['params']
+  groups = optim.param_groups(params, bool(config.model.freeze_bn))
+  return sum(math.prod(leaf.shape) for leaf, group in
+             zip(jax.tree.leaves(params), jax.tree.leaves(groups)) if group != 'frozen')
 
 
 def make_batch(size, num_classes: int, seed: int = 0) -> dict:
@@ -209,28 +237,68 @@ class JaxEval:
     jax.block_until_ready(self.compiled(self.variables, self.images))
 
 
-def alternate(runners: dict, steps: int) -> dict[str, list[float]]:
-  """One untimed step of each runner (its RSS growth recorded), then `steps` rounds in
-  which every runner takes a step in turn. Returns the step times per runner."""
+def _warm_up(runners: dict, guard: lg.LoadGuard):
+  """One untimed step of each runner, its RSS growth recorded; then every thread's
+  priority is checked, now that XLA's and torch's pools exist."""
   for name, runner in runners.items():
     with PeakRss() as rss:
       runner.run()
     runner.rss_growth = rss.growth
     log(f'{name}: warm-up step done, RSS growth {rss.growth / 2**20:.0f} MiB')
-  times = {name: [] for name in runners}
+  _check_priority(guard, 'after the warm-up of ' + ', '.join(runners))
+
+
+def _check_priority(guard: lg.LoadGuard, where: str):
+  record = guard.enforce_priority(where)
+  if record is not None:
+    log(f'priority {where}: {record["threads"]} threads, {record["reapplied"]} re-set to '
+        f'nice {record["requested"]}' + ('' if record['ok'] else ', FAILED'))
+
+
+def timed_step(runner, guard: lg.LoadGuard) -> dict:
+  """One step timed by wall clock and by process CPU time, with the shares of the
+  benchmark's CPUs that this process and the others used meanwhile."""
+  before = guard.sample()
+  cpu, wall = time.process_time(), time.perf_counter()
+  runner.run()
+  wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+  return {'wall_s': wall, 'cpu_s': cpu, **guard.shares(before, guard.sample())}
+
+
+def summarise(steps: list[dict], timing: str) -> dict:
+  """Median (over the undisturbed steps, see load_guard.robust_median), the step times
+  and every step's sample."""
+  times = [s[f'{timing}_s'] for s in steps]
+  return {**lg.robust_median(times, [s['disturbed'] for s in steps]), 'times': times,
+          'samples': steps}
+
+
+def alternate(runners: dict, steps: int, guard: lg.LoadGuard | None = None,
+              timing: str = 'wall') -> dict:
+  """A warm-up step of each runner, then `steps` rounds in which every runner takes a
+  step in turn, so a change of load hits all of them. Returns {'runners': {name:
+  summarise(...)}, 'window': others' share over all rounds, 'timing': 'wall' | 'cpu'}."""
+  guard = guard or lg.LoadGuard()
+  _warm_up(runners, guard)
+  records = {name: [] for name in runners}
+  start = guard.sample()
   for i in range(steps):
     for name, runner in runners.items():
-      start = time.perf_counter()
-      runner.run()
-      times[name].append(time.perf_counter() - start)
-    log(f'round {i + 1}/{steps}: ' + ', '.join(f'{k} {v[-1]:.3f}s' for k, v in
-                                                times.items()))
-  return times
+      records[name].append(timed_step(runner, guard))
+    log(f'round {i + 1}/{steps}: ' + ', '.join(
+        f'{k} {v[-1][timing + "_s"]:.3f}s (others {v[-1]["others_share"]:.0%}'
+        f'{", disturbed" if v[-1]["disturbed"] else ""})' for k, v in records.items()))
+  window = guard.shares(start, guard.sample())
+  _check_priority(guard, 'after the timed steps of ' + ', '.join(runners))
+  return {'timing': timing, 'window': window,
+          'runners': {name: summarise(r, timing) for name, r in records.items()}}
 
 
 # --- matmul peak --------------------------------------------------------------------------
-def matmul_peak(n: int = 4096, repeats: int = 5) -> dict[str, float]:
-  """GFLOP/s of an n x n float32 matmul: jnp (jitted), numpy and torch; median of runs."""
+def matmul_peak(n: int = 4096, repeats: int = 5, timing: str = 'wall') -> dict[str, float]:
+  """GFLOP/s of an n x n float32 matmul: jnp (jitted), numpy and torch; median of runs
+  timed like the steps it is compared with (wall clock or process CPU time)."""
+  clock = time.process_time if timing == 'cpu' else time.perf_counter
   import torch  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   a = rng.random((n, n), np.float32)
@@ -246,9 +314,9 @@ def matmul_peak(n: int = 4096, repeats: int = 5) -> dict[str, float]:
     fn()
     times = []
     for _ in range(repeats):
-      start = time.perf_counter()
+      start = clock()
       fn()
-      times.append(time.perf_counter() - start)
+      times.append(clock() - start)
     out[name] = flop / median(times) / 1e9
   out['n'] = n
   return out
@@ -264,34 +332,56 @@ def _verdict(value: float, target: float, higher_is_better: bool) -> str:
   return f'missed: {value / target:.2f}x the target ({(value / target - 1) * 100:.0f}% over)'
 
 
+def loaded_reason(results: dict, sections, medians=()) -> str:
+  """Why a row's numbers were taken under load ('' if they were not): a loaded section
+  (others' share over the threshold) or a median over mostly disturbed steps."""
+  for name in sections:
+    v = results.get('sections', {}).get(name, {})
+    if v.get('loaded'):
+      return f'others used {v["others_share"]:.0%} of the CPUs'
+  for m in medians:
+    if m and m['median_over'] == 'all, LOADED':
+      return f'only {m["undisturbed"]} of {m["steps"]} steps undisturbed'
+  return ''
+
+
+def _row(results, name, value, target, higher, context, sections, medians=()) -> dict:
+  verdict = _verdict(value, target, higher)
+  reason = loaded_reason(results, sections, medians)
+  if reason:
+    verdict = f'LOADED: {reason}; re-run (as measured: {verdict})'
+  sign = '>=' if higher else '<='
+  return {'row': name, 'value': value, 'target': f'{sign} {target:.2f}', 'verdict': verdict,
+          'context': context, 'loaded': bool(reason)}
+
+
+def _size(size) -> str:
+  return 'x'.join(map(str, size))
+
+
 def target_rows(results: dict) -> list[dict]:
-  """Every targeted ratio with its target and verdict."""
+  """Every targeted ratio with its target and verdict (LOADED if measured under load)."""
   rows = []
-  for row in results['supervised']:
-    size = 'x'.join(map(str, row['size']))
-    rows.append({'row': f'supervised step {size}: ctt-jax / PyTorch time',
-                 'value': row['ratio'], 'target': '<= 0.80',
-                 'verdict': _verdict(row['ratio'], 0.8, False),
-                 'context': f'ctt-jax {row["jax_s"]:.3f}s, PyTorch {row["torch_s"]:.3f}s'})
+  for r in results['supervised']:
+    rows.append(_row(results, f'supervised step {_size(r["size"])}: ctt-jax / PyTorch time',
+                     r['ratio'], 0.8, False,
+                     f'ctt-jax {r["jax_s"]:.3f}s, PyTorch {r["torch_s"]:.3f}s', ['sup'],
+                     [r.get('jax_median'), r.get('torch_median')]))
   if 'ctt' in results:
     c = results['ctt']
-    size = 'x'.join(map(str, c['size']))
-    rows.append({'row': f'CTT machinery {size}: full / (no HC, LC, bank) - 1',
-                 'value': c['overhead'], 'target': '<= 0.05',
-                 'verdict': _verdict(c['overhead'], 0.05, False),
-                 'context': f'full {c["full"]["median_s"]:.3f}s, '
-                            f'without {c["base"]["median_s"]:.3f}s'})
+    rows.append(_row(results, f'CTT machinery {_size(c["size"])}: full / (no HC, LC, bank) - 1',
+                     c['overhead'], 0.05, False, f'full {c["full"]["median_s"]:.3f}s, '
+                     f'without {c["base"]["median_s"]:.3f}s', ['ctt'],
+                     [c['full'].get('median'), c['base'].get('median')]))
   big = max(results['supervised'], key=lambda r: r['size'][0] * r['size'][1], default=None)
   if big is not None:
     gflops = big['flops'] / big['jax_s'] / 1e9
     peak = results['matmul']['jnp']
-    size = 'x'.join(map(str, big['size']))
-    rows.append({'row': f'supervised step {size}: GFLOP/s / jnp matmul GFLOP/s',
-                 'value': gflops / peak, 'target': '>= 0.60',
-                 'verdict': _verdict(gflops / peak, 0.6, True),
-                 'context': f'{gflops:.1f} of {peak:.1f} GFLOP/s '
-                            f'({big["flops"] / 1e9:.0f} GFLOP/step); PyTorch '
-                            f'{big["flops"] / big["torch_s"] / 1e9:.1f} GFLOP/s'})
+    rows.append(_row(results, f'supervised step {_size(big["size"])}: GFLOP/s / jnp matmul '
+                     'GFLOP/s', gflops / peak, 0.6, True,
+                     f'{gflops:.1f} of {peak:.1f} GFLOP/s ({big["flops"] / 1e9:.0f} '
+                     f'GFLOP/step); PyTorch {big["flops"] / big["torch_s"] / 1e9:.1f} GFLOP/s',
+                     ['sup', 'matmul'], [big.get('jax_median')]))
   return rows
 
 
@@ -299,84 +389,142 @@ def _mib(n):
   return f'{n / 2**20:,.0f}' if n is not None else '-'
 
 
+def _share(v: dict | None) -> str:
+  return f'{v["others_share"]:.1%}' if v else '-'
+
+
 def _section_lines(results: dict) -> list[str]:
   sections = results.get('sections')
   if not sections:
     return []
-  lines = ['Sections (1-minute load average at start and end; with `--update` a section can '
-           'be re-measured later):', '']
+  lines = ["Sections: others' share of the benchmark's CPUs (busy time of all processes in "
+           "/proc/stat minus this process's CPU time, over wall x CPUs), this process's "
+           'share, and the 1-minute load average at start and end; with `--update` a '
+           'section can be re-measured later:', '']
   for name, v in sections.items():
-    lines.append(f'- {name}: {v["start"]}-{v["end"]}, load {v["load_start"][0]:.2f} -> '
-                 f'{v["load_end"][0]:.2f}')
+    line = f'- {name}: {v["start"]}-{v["end"]}'
+    if 'others_share' in v:
+      line += (f', others {v["others_share"]:.1%} of the CPUs (own {v["own_share"]:.0%}), '
+               f'nice {v.get("priority")}{"" if v.get("priority_ok", True) else " NOT set"}')
+    line += f', load {v["load_start"][0]:.2f} -> {v["load_end"][0]:.2f}'
+    if v.get('loaded'):
+      line += ' - **LOADED: re-run**'
+    lines.append(line)
   return lines + ['']
 
 
-def markdown(results: dict) -> str:
+def _protocol_lines(results: dict) -> list[str]:
+  p = results.get('protocol')
+  if not p:
+    return []
+  if p['priority'] is None:
+    priority = 'priority left as started'
+  elif p['priority_ok']:
+    priority = f'every thread at nice {p["priority"]} (checked after each warm-up)'
+  else:
+    priority = f'PRIORITY NOT RAISED: nice {p["priority"]} could not be set on every thread'
+  clock = 'process CPU time' if p['timing'] == 'cpu' else 'wall clock'
+  cpus = f'{len(p["cpus"])} CPU{"s" if len(p["cpus"]) > 1 else ""}'
+  return [f'Protocol: {priority}; step times by {clock}; a step or section is disturbed '
+          f'when other processes used more than {p["threshold"]:.0%} of the {cpus} (beyond '
+          "the counters' resolution); medians are over the undisturbed steps when at least "
+          'half are.', '']
+
+
+def _header_lines(results: dict) -> list[str]:
   m = results['machine']
-  lines = [
+  load = lambda key: tuple(round(v, 2) for v in results[key])
+  return [
       f'# Train-step benchmark{" (--quick)" if results["quick"] else ""}', '',
       f'{results["started"]} to {results["finished"]}; {m["cpu"]}, {m["cpus_used"]} of '
       f'{m["cpu_count"]} CPUs for both frameworks (torch threads {m["torch_threads"]}); '
       f'jax {m["jax"]}, torch {m["torch"]}, Python {m["python"]}; ctt-jax '
-      f'model.conv_impl={results["conv_impl"]}; XLA_FLAGS="{m["xla_flags"]}".',
-      f'Load average (1, 5, 15 min) at start {tuple(round(v, 2) for v in results["load_average_start"])}, '
-      f'at end {tuple(round(v, 2) for v in results["load_average_end"])}.', '',
+      f'model.conv_impl={results["conv_impl"]}, model.head='
+      f'{results.get("settings", {}).get("head", "bottleneck")}; '
+      f'XLA_FLAGS="{m["xla_flags"]}".',
+      f'Load average (1, 5, 15 min) at start {load("load_average_start")}, at end '
+      f'{load("load_average_end")}.', '',
+      *_protocol_lines(results),
       *([f'Sections re-measured with --update at {results["updated"]}.', '']
         if 'updated' in results else []),
-      *_section_lines(results),
-      '| row | ratio | target | verdict | measured side by side |',
-      '|---|---|---|---|---|']
+      *_section_lines(results)]
+
+
+def _median_cell(m: dict | None) -> str:
+  return lg.median_note(m) if m else '-'
+
+
+def _step_lines(results: dict) -> list[str]:
+  lines = ['## Step times (median; every step time and load sample in the JSON)', '',
+           '| step | size | ctt-jax s | PyTorch s | ctt-jax / PyTorch | GFLOP/step | '
+           'ctt-jax GFLOP/s | XLA compile s | steps in the median (ctt-jax; PyTorch) | '
+           'others, timed steps |', '|---|---|---|---|---|---|---|---|---|---|']
+  for r in results['supervised']:
+    lines.append(f'| supervised, batch 2 | {_size(r["size"])} | {r["jax_s"]:.3f} | '
+                 f'{r["torch_s"]:.3f} | {r["ratio"]:.2f} | {r["flops"] / 1e9:.0f} | '
+                 f'{r["flops"] / r["jax_s"] / 1e9:.1f} | {r["jax_compile_s"]:.0f} | '
+                 f'{_median_cell(r.get("jax_median"))}; '
+                 f'{_median_cell(r.get("torch_median"))} | {_share(r.get("window"))} |')
+  labels = {'full': 'CTT, 2 pairs, all on', 'no_contrastive': 'CTT without HC, LC (bank '
+            'push on)', 'base': 'CTT without HC, LC, bank push'}
+  c = results.get('ctt')
+  for name in ('full', 'no_contrastive', 'base') if c else ():
+    if name in c:
+      v = c[name]
+      lines.append(f'| {labels[name]} | {_size(c["size"])} | {v["median_s"]:.3f} | - | - | '
+                   f'{v["flops"] / 1e9:.0f} | {v["flops"] / v["median_s"] / 1e9:.1f} | '
+                   f'{v["compile_s"]:.0f} | {_median_cell(v.get("median"))} | '
+                   f'{_share(c.get("window"))} |')
+  return lines
+
+
+def _memory_lines(results: dict) -> list[str]:
+  probes = {tuple(p['size']): p for p in results.get('memory_probe', [])}
+  lines = ['## Memory (MiB)', '',
+           'XLA: memory analysis of the compiled step (arguments + outputs - aliased + '
+           'temporaries). Peak RSS growth: during two steps, each framework in a fresh '
+           'process (benchmarks/memory_probe.py); the in-process number of the timed run '
+           '(first step of each framework, ctt-jax first) is in the JSON.', '',
+           '| step | size | XLA total | of which temps | ctt-jax peak RSS growth | '
+           'PyTorch peak RSS growth |', '|---|---|---|---|---|---|']
+  for r in results['supervised']:
+    mem = r['jax_memory']
+    probe = probes.get(tuple(r['size']), {})
+    growth = lambda fw: _mib(probe[fw]['growth']) if fw in probe else '-'
+    lines.append(f'| supervised | {_size(r["size"])} | {_mib(mem["total"])} | '
+                 f'{_mib(mem["temp_size"])} | {growth("jax")} | {growth("torch")} |')
+  c = results.get('ctt')
+  for name in ('full', 'no_contrastive', 'base') if c else ():
+    if name in c:
+      mem = c[name]['memory']
+      lines.append(f'| CTT {name} | {_size(c["size"])} | {_mib(mem["total"])} | '
+                   f'{_mib(mem["temp_size"])} | - | - |')
+  return lines
+
+
+def _eval_lines(results: dict) -> list[str]:
+  if 'eval' not in results:
+    return []
+  e = results['eval']
+  reason = loaded_reason(results, ['eval'], [e.get('jax_median'), e.get('torch_median')])
+  return ['## Evaluation (forward, eval mode)', '',
+          '| size | batch | ctt-jax images/s | PyTorch images/s | ratio | load |',
+          '|---|---|---|---|---|---|',
+          f'| {_size(e["size"])} | {e["batch"]} | {e["jax_images_per_s"]:.2f} | '
+          f'{e["torch_images_per_s"]:.2f} | '
+          f'{e["jax_images_per_s"] / e["torch_images_per_s"]:.2f} | '
+          f'{"LOADED: " + reason + "; re-run" if reason else "quiet"} |', '']
+
+
+def markdown(results: dict) -> str:
+  lines = [*_header_lines(results),
+           '| row | ratio | target | verdict | measured side by side |',
+           '|---|---|---|---|---|']
   for r in results['rows']:
     lines.append(f'| {r["row"]} | {r["value"]:.3f} | {r["target"]} | {r["verdict"]} | '
                  f'{r["context"]} |')
   mm = results['matmul']
   lines += ['', f'float32 {mm["n"]}x{mm["n"]} matmul, GFLOP/s: jnp {mm["jnp"]:.1f}, '
             f'numpy {mm["numpy"]:.1f}, torch {mm["torch"]:.1f}.', '',
-            '## Step times (median; every step time in the JSON)', '',
-            '| step | size | ctt-jax s | PyTorch s | ctt-jax / PyTorch | GFLOP/step | '
-            'ctt-jax GFLOP/s | XLA compile s |', '|---|---|---|---|---|---|---|---|']
-  for r in results['supervised']:
-    lines.append(f'| supervised, batch 2 | {"x".join(map(str, r["size"]))} | '
-                 f'{r["jax_s"]:.3f} | {r["torch_s"]:.3f} | {r["ratio"]:.2f} | '
-                 f'{r["flops"] / 1e9:.0f} | {r["flops"] / r["jax_s"] / 1e9:.1f} | '
-                 f'{r["jax_compile_s"]:.0f} |')
-  if 'ctt' in results:
-    c = results['ctt']
-    for name in ('full', 'no_contrastive', 'base'):
-      if name in c:
-        label = {'full': 'CTT, 2 pairs, all on', 'base': 'CTT without HC, LC, bank push',
-                 'no_contrastive': 'CTT without HC, LC (bank push on)'}[name]
-        v = c[name]
-        lines.append(f'| {label} | {"x".join(map(str, c["size"]))} | {v["median_s"]:.3f} '
-                     f'| - | - | {v["flops"] / 1e9:.0f} | '
-                     f'{v["flops"] / v["median_s"] / 1e9:.1f} | {v["compile_s"]:.0f} |')
-  probes = {tuple(p['size']): p for p in results.get('memory_probe', [])}
-  lines += ['', '## Memory (MiB)', '',
-            'XLA: memory analysis of the compiled step (arguments + outputs - aliased + '
-            'temporaries). Peak RSS growth: during two steps, each framework in a fresh '
-            'process (benchmarks/memory_probe.py); the in-process number of the timed run '
-            '(first step of each framework, ctt-jax first) is in the JSON.', '',
-            '| step | size | XLA total | of which temps | ctt-jax peak RSS growth | '
-            'PyTorch peak RSS growth |', '|---|---|---|---|---|---|']
-  for r in results['supervised']:
-    mem = r['jax_memory']
-    probe = probes.get(tuple(r['size']), {})
-    growth = lambda fw: _mib(probe[fw]['growth']) if fw in probe else '-'
-    lines.append(f'| supervised | {"x".join(map(str, r["size"]))} | {_mib(mem["total"])} | '
-                 f'{_mib(mem["temp_size"])} | {growth("jax")} | {growth("torch")} |')
-  if 'ctt' in results:
-    c = results['ctt']
-    for name in ('full', 'no_contrastive', 'base'):
-      if name in c:
-        mem = c[name]['memory']
-        lines.append(f'| CTT {name} | {"x".join(map(str, c["size"]))} | '
-                     f'{_mib(mem["total"])} | {_mib(mem["temp_size"])} | - | - |')
-  if 'eval' in results:
-    e = results['eval']
-    lines += ['', '## Evaluation (forward, eval mode)', '',
-              '| size | batch | ctt-jax images/s | PyTorch images/s | ratio |',
-              '|---|---|---|---|---|',
-              f'| {"x".join(map(str, e["size"]))} | {e["batch"]} | '
-              f'{e["jax_images_per_s"]:.2f} | {e["torch_images_per_s"]:.2f} | '
-              f'{e["jax_images_per_s"] / e["torch_images_per_s"]:.2f} |']
-  return '\n'.join(lines) + '\n'
+            *_step_lines(results), '', *_memory_lines(results), '', *_eval_lines(results)]
+  return '\n'.join(lines).rstrip('\n') + '\n'

@@ -4,10 +4,11 @@
     python benchmarks/step_benchmark.py --quick    # tiny backbone and shapes (~1 min)
 
 Rows (each printed with its ratio against its target; see benchmarks/README.md):
-  supervised step  DeepLabV2-R101 (caffe, output stride 8, frozen BN), batch 2, 19 classes:
-                   `make_train_step(method=supervised, num_pairs=1)` (SGD update included)
-                   vs the torch.nn reference net of tests/torch_reference_nets.py with
-                   SGD(momentum, weight decay); at 256x512 and 64x128. Target <= 0.8x.
+  supervised step  DeepLabV2-R101 (caffe, output stride 8, frozen BN, the CTT authors'
+                   head), batch 2, 19 classes: `make_train_step(method=supervised,
+                   num_pairs=1)` (SGD update included) vs the torch.nn reference net of
+                   tests/torch_reference_nets.py with SGD(momentum, weight decay); at
+                   256x512 and 64x128. Target <= 0.8x.
   CTT machinery    the full CTT step (2 pairs, HC + LC on, banks full) vs the same step
                    with use_hc=False, use_lc=False, bank_push='none'. Target <= 5%.
   throughput       XLA cost-analysis FLOPs of the supervised 256x512 step / its median
@@ -20,15 +21,29 @@ Rows (each printed with its ratio against its target; see benchmarks/README.md):
 
 Both frameworks use the same threads: `--threads N` (default: every CPU this process may
 run on) pins the process to N CPUs, which is how XLA:CPU sizes its intra-op thread pool,
-and sets torch.set_num_threads(N). Steps of the two frameworks alternate, so a change of
-machine load hits both; times are medians of `--steps` steps after one untimed step.
-Results: benchmarks/results/step_benchmark{,_quick}.{json,md}.
+and sets torch.set_num_threads(N). Both run the DeepLabV2 head of configs/cityscapes.py
+(`--head`, default the CTT authors' 'aspp_se'); their trainable parameter counts must match.
+
+Load protocol (benchmarks/load_guard.py): every thread at nice `--priority` (default -10,
+needs root; otherwise a warning and a flag), steps of the frameworks (or CTT variants)
+alternating, and for every section and every timed step the share of the benchmark's CPUs
+that other processes used. A step above `--others_threshold` (5%) is disturbed: medians are
+over the undisturbed steps when at least half are; a section above it is LOADED in the
+JSON and the table, and `--strict` then exits non-zero. `--timing=cpu` times steps by
+process CPU time (with `--threads 1`). Times are medians of `--steps` steps after one
+untimed step. Results: benchmarks/results/step_benchmark{,_quick}.{json,md}.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+# Standard library only: nothing may start threads before the priority is set.
+# pylint: disable-next=g-import-not-at-top,wrong-import-position
+from benchmarks.load_guard import LoadGuard, add_protocol_args, check_timing_args
 
 
 def parse_args(argv=None):
@@ -50,6 +65,9 @@ def parse_args(argv=None):
   parser.add_argument('--update', action='store_true',
                       help='load the results at --out (or the default path) and redo only '
                            'the sections not skipped, e.g. --update --skip ctt,eval,memory')
+  parser.add_argument('--head', default='', choices=('', 'aspp_se', 'bottleneck'),
+                      help="DeepLabV2 head of both sides ('': configs/cityscapes.py's)")
+  add_protocol_args(parser)
   return parser.parse_args(argv)
 
 
@@ -57,10 +75,13 @@ ARGS = parse_args()
 if ARGS.threads:
   os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:ARGS.threads])
 THREADS = len(os.sched_getaffinity(0))
+check_timing_args(ARGS, THREADS)
+# Before jax and torch exist: their pools inherit the nice of the thread creating them
+# (checked and re-applied after every warm-up).
+GUARD = LoadGuard(ARGS.others_threshold, ARGS.priority)
+GUARD.enforce_priority('start')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import json
@@ -95,23 +116,37 @@ def settings(args):
     s['eval_size'] = size(args.eval_size)
   s['steps'] = max(5, args.steps or s['steps'])
   s['ctt_steps'] = max(5, args.ctt_steps or s['ctt_steps'])
+  s['head'] = args.head or bu.default_head()
   return s
+
+
+def alternate(runners: dict, steps: int) -> dict:
+  return bu.alternate(runners, steps, GUARD, ARGS.timing)
+
+
+def runner_fields(prefix: str, t: dict) -> dict:
+  """One runner's result of `alternate` as row keys: `<prefix>_s` (median), `_times`,
+  `_median` (which steps it is over) and `_samples` (time and load of every step)."""
+  return {f'{prefix}_s': t['median_s'], f'{prefix}_times': t['times'],
+          f'{prefix}_median': {k: t[k] for k in ('median_over', 'undisturbed', 'steps')},
+          f'{prefix}_samples': t['samples']}
 
 
 def supervised_row(s, size, results):
   """ctt-jax vs PyTorch supervised step at `size`, steps alternating."""
   config = bu.make_config(s, 'supervised', num_pairs=1, conv_impl=ARGS.conv_impl)
-  jax_step = bu.JaxStep(config, size)
   torch_run = torch_step.TorchStep(config, size, seed=0)
+  params = torch_step.assert_same_network(config, torch_run.net)
+  jax_step = bu.JaxStep(config, size)
   bu.log(f'supervised {size}: compiled in {jax_step.compile_s:.1f}s, '
-         f'{jax_step.flops / 1e9:.1f} GFLOP')
-  times = bu.alternate({'jax': jax_step, 'torch': torch_run}, s['steps'])
+         f'{jax_step.flops / 1e9:.1f} GFLOP, {params:,} trainable parameters on both sides')
+  t = alternate({'jax': jax_step, 'torch': torch_run}, s['steps'])
   row = {
-      'size': size, 'jax_s': bu.median(times['jax']), 'torch_s': bu.median(times['torch']),
-      'jax_times': times['jax'], 'torch_times': times['torch'],
+      'size': size, **runner_fields('jax', t['runners']['jax']),
+      **runner_fields('torch', t['runners']['torch']), 'window': t['window'],
       'jax_compile_s': jax_step.compile_s, 'flops': jax_step.flops,
       'jax_memory': jax_step.memory, 'jax_rss_growth': jax_step.rss_growth,
-      'torch_rss_growth': torch_run.rss_growth,
+      'torch_rss_growth': torch_run.rss_growth, 'trainable_params': params,
   }
   row['ratio'] = row['jax_s'] / row['torch_s']
   results['supervised'].append(row)
@@ -129,10 +164,12 @@ def ctt_rows(s, results):
     steps[name] = bu.JaxStep(config, s['ctt_size'], fill_banks=True)
     bu.log(f'ctt {name}: compiled in {steps[name].compile_s:.1f}s, '
            f'{steps[name].flops / 1e9:.1f} GFLOP')
-  times = bu.alternate(steps, s['ctt_steps'])
-  row = {'size': s['ctt_size'], 'steps': s['ctt_steps']}
+  t = alternate(steps, s['ctt_steps'])
+  row = {'size': s['ctt_size'], 'steps': s['ctt_steps'], 'window': t['window']}
   for name, step in steps.items():
-    row[name] = {'median_s': bu.median(times[name]), 'times': times[name],
+    r = t['runners'][name]
+    row[name] = {'median_s': r['median_s'], 'times': r['times'], 'samples': r['samples'],
+                 'median': {k: r[k] for k in ('median_over', 'undisturbed', 'steps')},
                  'compile_s': step.compile_s, 'flops': step.flops, 'memory': step.memory,
                  'rss_growth': step.rss_growth}
   row['overhead'] = row['full']['median_s'] / row['base']['median_s'] - 1.0
@@ -143,13 +180,14 @@ def eval_row(s, results):
   config = bu.make_config(s, 'supervised', num_pairs=1, conv_impl=ARGS.conv_impl)
   jax_eval = bu.JaxEval(config, s['eval_size'])
   torch_eval = torch_step.TorchEval(config, s['eval_size'])
-  times = bu.alternate({'jax': jax_eval, 'torch': torch_eval}, s['steps'])
+  t = alternate({'jax': jax_eval, 'torch': torch_eval}, s['steps'])
   batch = jax_eval.batch_size
   results['eval'] = {
-      'size': s['eval_size'], 'batch': batch,
-      'jax_images_per_s': batch / bu.median(times['jax']),
-      'torch_images_per_s': batch / bu.median(times['torch']),
-      'jax_times': times['jax'], 'torch_times': times['torch'],
+      'size': s['eval_size'], 'batch': batch, 'window': t['window'],
+      'jax_images_per_s': batch / t['runners']['jax']['median_s'],
+      'torch_images_per_s': batch / t['runners']['torch']['median_s'],
+      **runner_fields('jax', t['runners']['jax']),
+      **runner_fields('torch', t['runners']['torch']),
   }
 
 
@@ -164,7 +202,8 @@ def memory_rows(s, results):
       out = subprocess.run(
           [sys.executable, probe, '--framework', framework, '--size', 'x'.join(map(str, size)),
            '--backbone', s['backbone'], '--width_multiplier', str(s['width_multiplier']),
-           '--conv_impl', ARGS.conv_impl], capture_output=True, text=True, check=True)
+           '--head', s['head'], '--conv_impl', ARGS.conv_impl],
+          capture_output=True, text=True, check=True)
       row[framework] = json.loads(out.stdout.strip().split('\n')[-1])
       bu.log(f'memory {size} {framework}: RSS growth '
              f'{row[framework]["growth"] / 2**20:.0f} MiB')
@@ -172,13 +211,20 @@ def memory_rows(s, results):
   results['memory_probe'] = rows
 
 
-def section(name: str, results: dict, fn, *args):
-  """Runs one section, recording when and under which load average it ran."""
-  start = (time.strftime('%H:%M:%S'), os.getloadavg())
+def section(name: str, results: dict, fn, *args, timed: bool = True):
+  """Runs one section, recording when it ran, the share of the benchmark's CPUs other
+  processes used meanwhile (LOADED above --others_threshold, if the section is `timed`),
+  and the load averages."""
+  start = (time.strftime('%H:%M:%S'), os.getloadavg(), GUARD.sample())
   fn(*args)
-  results.setdefault('sections', {})[name] = {
-      'start': start[0], 'load_start': start[1],
-      'end': time.strftime('%H:%M:%S'), 'load_end': os.getloadavg()}
+  shares = GUARD.shares(start[2], GUARD.sample())
+  record = {'start': start[0], 'load_start': start[1], 'end': time.strftime('%H:%M:%S'),
+            'load_end': os.getloadavg(), **shares, 'loaded': timed and shares['disturbed'],
+            'priority': GUARD.priority, 'priority_ok': GUARD.priority_ok()}
+  del record['disturbed']
+  results.setdefault('sections', {})[name] = record
+  bu.log(f'section {name}: others used {shares["others_share"]:.1%} of the CPUs, this '
+         f'process {shares["own_share"]:.0%}' + (' - LOADED' if record['loaded'] else ''))
 
 
 def supervised_rows(s, results):
@@ -187,47 +233,84 @@ def supervised_rows(s, results):
     supervised_row(s, size, results)
 
 
+def new_results(s) -> dict:
+  return {
+      'started': time.strftime('%Y-%m-%d %H:%M:%S %Z'), 'quick': ARGS.quick,
+      'machine': {'cpu': bu.cpu_name(), 'cpus_used': THREADS,
+                  'cpu_count': os.cpu_count(), 'python': platform.python_version(),
+                  'jax': jax.__version__, 'torch': torch.__version__,
+                  'torch_threads': torch.get_num_threads(),
+                  'xla_flags': os.environ.get('XLA_FLAGS', '')},
+      'load_average_start': os.getloadavg(),
+      'settings': dict(s), 'conv_impl': ARGS.conv_impl, 'supervised': [],
+  }
+
+
+def load_results(out: str, s) -> dict:
+  """An earlier run's results, to redo some of its sections (e.g. rows a burst of load
+  disturbed); each section keeps its own time and load record in results['sections']."""
+  with open(out + '.json') as f:
+    results = json.load(f)
+  old_head = results['settings'].get('head', 'bottleneck')  # before --head: common.py's
+  if old_head != s['head']:
+    sys.exit(f'--update: {out}.json measured model.head={old_head}, this run '
+             f'{s["head"]}; pass --head {old_head} or start a new file.')
+  results['updated'] = time.strftime('%Y-%m-%d %H:%M:%S %Z')
+  return results
+
+
+def run_sections(s, skip: set, results: dict) -> list[str]:
+  """The timed sections not skipped, in order; returns their names."""
+  names = []
+  if 'sup' not in skip or not ARGS.update:
+    # The matmul peak is measured with the supervised rows it is compared with.
+    section('matmul', results, lambda: results.update(
+        matmul=bu.matmul_peak(1024 if ARGS.quick else 4096, timing=ARGS.timing)))
+    bu.log(f'matmul GFLOP/s: {results["matmul"]}')
+    names.append('matmul')
+  for name, fn in (('sup', supervised_rows), ('ctt', ctt_rows), ('eval', eval_row)):
+    if name not in skip:
+      section(name, results, fn, s, results)
+      names.append(name)
+  return names
+
+
+def strict_failure(results: dict, names: list[str]) -> str:
+  """One sentence on why this run's numbers cannot be trusted ('' if they can)."""
+  loaded = {n: results['sections'][n]['others_share'] for n in names
+            if results['sections'][n]['loaded']}
+  if loaded:
+    shares = ', '.join(f'{n} ({v:.0%})' for n, v in loaded.items())
+    return (f'--strict: other processes used more than {GUARD.threshold:.0%} of the CPUs '
+            f'during section{"s" if len(loaded) > 1 else ""} {shares}; re-run on a quiet '
+            'machine.')
+  if not GUARD.priority_ok():
+    return f'--strict: not every thread could be set to nice {GUARD.priority}.'
+  return ''
+
+
 def main():
   s = settings(ARGS)
   skip = set(filter(None, ARGS.skip.split(',')))
   out = ARGS.out or os.path.join(ROOT, 'benchmarks', 'results',
                                  'step_benchmark_quick' if ARGS.quick else 'step_benchmark')
-  if ARGS.update:
-    # Redo some sections of an earlier run (e.g. rows a burst of machine load disturbed);
-    # each section keeps its own time and load average in results['sections'].
-    with open(out + '.json') as f:
-      results = json.load(f)
-    results['updated'] = time.strftime('%Y-%m-%d %H:%M:%S %Z')
-  else:
-    results = {
-        'started': time.strftime('%Y-%m-%d %H:%M:%S %Z'), 'quick': ARGS.quick,
-        'machine': {'cpu': bu.cpu_name(), 'cpus_used': THREADS,
-                    'cpu_count': os.cpu_count(), 'python': platform.python_version(),
-                    'jax': jax.__version__, 'torch': torch.__version__,
-                    'torch_threads': torch.get_num_threads(),
-                    'xla_flags': os.environ.get('XLA_FLAGS', '')},
-        'load_average_start': os.getloadavg(),
-        'settings': {k: v for k, v in s.items()}, 'conv_impl': ARGS.conv_impl,
-        'supervised': [],
-    }
+  out = out.removesuffix('.json').removesuffix('.md')  # --out is the path without extension
+  results = load_results(out, s) if ARGS.update else new_results(s)
+  results['protocol'] = {**GUARD.summary(), 'timing': ARGS.timing}
   bu.log(f'load average {os.getloadavg()}, {THREADS} threads, {s}')
-  if 'sup' not in skip or not ARGS.update:
-    # The matmul peak is measured with the supervised rows it is compared with.
-    section('matmul', results, lambda: results.update(
-        matmul=bu.matmul_peak(n=1024 if ARGS.quick else 4096)))
-    bu.log(f'matmul GFLOP/s: {results["matmul"]}')
-  if 'sup' not in skip:
-    section('sup', results, supervised_rows, s, results)
-  if 'ctt' not in skip:
-    section('ctt', results, ctt_rows, s, results)
-  if 'eval' not in skip:
-    section('eval', results, eval_row, s, results)
+  names = run_sections(s, skip, results)
   if not ARGS.update:
     results['load_average_end'] = os.getloadavg()
     results['finished'] = time.strftime('%Y-%m-%d %H:%M:%S %Z')
   if 'memory' not in skip:  # after the timed rows: its processes would disturb them
-    section('memory', results, memory_rows, s, results)
+    section('memory', results, memory_rows, s, results, timed=False)
+  results['protocol'] = {**GUARD.summary(), 'timing': ARGS.timing}  # with every check
   write(results, out)
+  failure = strict_failure(results, names)
+  if failure and ARGS.strict:
+    sys.exit(failure)
+  if failure:
+    bu.log(failure.removeprefix('--strict: ') + ' (not failing: no --strict)')
 
 
 def write(results: dict, out: str):

@@ -1,22 +1,76 @@
 """PyTorch side of benchmarks/step_benchmark.py: the reference DeepLab of
-tests/torch_reference_nets.py (the net the weight-import parity tests compare against)
-trained with the same loss and optimiser as ctt-jax's supervised step."""
+tests/torch_reference_nets.py (the nets the weight-import parity tests compare against)
+trained with the same loss and optimiser as ctt-jax's supervised step.
+
+`model.head='aspp_se'` (the Cityscapes config's) is the CTT authors' `Classifier_Module2`
+on the caffe ResNet (the torch copy tests/test_ctt_head.py checks ctt-jax against);
+'bottleneck' is the reference `DeepLab`'s 1x1 conv-BN-ReLU + ASPP-V2.
+`assert_same_network` compares the trainable parameter counts of both sides."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks import bench_utils
 from benchmarks.bench_utils import BATCH, make_batch
+from ctt_jax.models import ctt_head
 from tests import torch_reference_nets as ref
+
+
+class CTTDeepLab(torch.nn.Module):
+  """DeepLabV2 with the authors' head: `backbone` (reference ResNet) and `head`
+  (`Classifier_Module2`, widths and GroupNorm groups as ctt_jax/models/ctt_head.py), the
+  split of ctt-jax's learning-rate groups. forward(x) -> (logits, features), NCHW."""
+
+  def __init__(self, m, num_classes: int):
+    super().__init__()
+    self.backbone = ref.ResNet(m.backbone, m.layout, int(m.output_stride),
+                               float(m.width_multiplier))
+    branch, features = ref.width(256, float(m.width_multiplier)), int(m.feature_dim)
+    rates = list(ctt_head.RATES)
+    self.head = ref.Classifier_Module2(
+        self.backbone.out_channels, rates, rates, num_classes, branch, features,
+        ctt_head.group_norm_groups(branch), ctt_head.group_norm_groups(features))
+    self.projection = (ref.Projection(features, int(m.projection_dim))
+                       if m.projection_dim else None)
+
+  def forward(self, x):
+    out = self.head(self.backbone(x)[1])
+    features = out['feat'] if self.projection is None else self.projection(out['feat'])
+    return out['out'], features
 
 
 def reference_net(config) -> torch.nn.Module:
   """The torch.nn DeepLab of `config.model` with random weights and BN statistics."""
   m = config.model
-  net = ref.DeepLab(m.name, config.num_classes, m.backbone, m.layout, int(m.output_stride),
-                    float(m.width_multiplier), int(m.feature_dim), int(m.projection_dim))
+  if m.name == 'deeplabv2' and m.head == 'aspp_se':
+    net = CTTDeepLab(m, config.num_classes)
+  elif m.name == 'deeplabv2' and m.head != 'bottleneck':
+    raise ValueError(f'No PyTorch reference for model.head={m.head!r}.')
+  else:  # the reference DeepLab's 'deeplabv2' is the bottleneck head
+    net = ref.DeepLab(m.name, config.num_classes, m.backbone, m.layout,
+                      int(m.output_stride), float(m.width_multiplier), int(m.feature_dim),
+                      int(m.projection_dim))
   return ref.randomize_(net)
+
+
+def trainable_parameter_count(net: torch.nn.Module) -> int:
+  return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+def assert_same_network(config, torch_net: torch.nn.Module) -> int:
+  """Raises AssertionError (one sentence) unless ctt-jax's student and `torch_net` (frozen
+  BN already applied) train the same number of parameters; returns that number."""
+  jax_count = bench_utils.trainable_parameter_count(config)
+  torch_count = trainable_parameter_count(torch_net)
+  if jax_count != torch_count:
+    m = config.model
+    raise AssertionError(
+        f'ctt-jax and PyTorch would benchmark different networks: {jax_count:,} vs '
+        f'{torch_count:,} trainable parameters for {m.name}/{m.head} on {m.backbone} '
+        f'x{m.width_multiplier} (freeze_bn={m.freeze_bn}).')
+  return jax_count
 
 
 def freeze_batch_norm_(net: torch.nn.Module):
@@ -53,6 +107,7 @@ class TorchStep:
     self.labels = torch.from_numpy(batch['label'].astype(np.int64))
     self.ignore = int(config.ignore_label)
     self.rss_growth = None
+    self.trainable_params = trainable_parameter_count(self.net)
 
   def run(self):
     logits, _ = self.net(self.images)

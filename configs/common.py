@@ -48,6 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.bank_push = 'after_update'  # SPEC; 'before_update' = paper's Algorithm 1, cheaper;
   # 'none' = never push (benchmarks/step_benchmark.py: the step without the bank)
   c.ema_decay = 0.99
+  # The supervised method keeps an EMA copy of its student as teacher_0 (the network every
+  # method is scored by); False: no EMA, no teachers, the student is scored (plain SGD).
+  c.supervised_ema = True
   # Students run the labeled and the strong unlabeled batch as two passes ('separate', the
   # authors' code) or one ('joint'); the same with frozen batch-norm (SPEC 3).
   c.student_bn_passes = 'separate'

@@ -140,6 +140,7 @@ SCHEMA: dict[str, Rule] = {
     'contrastive_start_step': integer(0, also=(-1,)),
     'bank_push': one_of(*methods.BANK_PUSH_MODES),
     'ema_decay': number(0, 1, hi_open=True),
+    'supervised_ema': boolean(),
     'student_bn_passes': one_of('separate', 'joint'),
     'vmap_pairs': boolean(),
     'strong_aug.color_jitter_prob': PROBABILITY,

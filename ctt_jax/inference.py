@@ -36,6 +36,7 @@ class Settings:
   image_mean: tuple[float, ...]
   image_std: tuple[float, ...]
   ensemble: bool
+  teachers: bool  # False: only the students are scored (Method.has_teachers)
   sliding_window: bool
   crop_size: tuple[int, int]
   stride_fraction: float
@@ -49,6 +50,7 @@ def settings_from_config(config: ml_collections.ConfigDict) -> Settings:
       image_mean=tuple(float(v) for v in config.image_mean),
       image_std=tuple(float(v) for v in config.image_std),
       ensemble=methods_lib.from_config(config).eval_ensemble,
+      teachers=methods_lib.from_config(config).has_teachers,
       sliding_window=bool(config.eval_sliding_window),
       crop_size=tuple(int(v) for v in config.data.crop_size),
       stride_fraction=float(config.eval_window_stride_fraction))
@@ -145,10 +147,12 @@ def eval_step(state, batch, *, settings: Settings, model):
   x = _normalized(batch['image'], settings)
   student_preds, _ = stacked_predictions(settings, model, state.params, state.batch_stats,
                                          x, with_mean=False)
-  teacher_preds, ensemble_pred = stacked_predictions(
-      settings, model, state.teacher_params, state.teacher_batch_stats, x,
-      with_mean=settings.ensemble)
-  preds = [student_preds, teacher_preds]
+  preds = [student_preds]
+  if settings.teachers:
+    teacher_preds, ensemble_pred = stacked_predictions(
+        settings, model, state.teacher_params, state.teacher_batch_stats, x,
+        with_mean=settings.ensemble)
+    preds.append(teacher_preds)
   if settings.ensemble:
     preds.append(ensemble_pred[None])
   score = functools.partial(metrics.confusion_matrix, label=batch['label'].astype(jnp.int32),

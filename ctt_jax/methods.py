@@ -11,7 +11,8 @@ method names. A row of `TABLE` says, for one method of SPEC's table:
 - `pseudo_labels_from`: whose predictions those are: the EMA teachers, the students
   themselves (stop-gradient, "direct mutual teaching"), or none;
 - `ema_teachers`: the teachers follow the students by EMA (False: self-training's teacher,
-  loaded from the stage-1 run, stays fixed);
+  loaded from the stage-1 run, stays fixed; and `supervised` with `supervised_ema=False`,
+  which has no teachers at all);
 - `eval_ensemble`: evaluation also scores the teachers' averaged softmax;
 - `stage1_teacher`: the teachers come from a finished `supervised` run.
 """
@@ -64,19 +65,28 @@ class Method:
     return self.pseudo_labels_from != 'none'
 
   @property
+  def has_teachers(self) -> bool:
+    """False only for `supervised` without its EMA copy: then nothing but the students
+    exists to train, score or predict with."""
+    return self.ema_teachers or self.stage1_teacher or self.semi_supervised
+
+  @property
   def input_streams(self) -> int:
     """Batches per step: labeled, plus unlabeled for the semi-supervised methods."""
     return 2 if self.semi_supervised else 1
 
   def network_names(self) -> list[str]:
     """'student_0'.., 'teacher_0'.., and 'ensemble' where evaluation averages teachers."""
-    names = [f'{role}_{k}' for role in ('student', 'teacher') for k in range(self.num_pairs)]
+    roles = ('student', 'teacher') if self.has_teachers else ('student',)
+    names = [f'{role}_{k}' for role in roles for k in range(self.num_pairs)]
     return names + ([ENSEMBLE_NETWORK] if self.eval_ensemble else [])
 
   @property
   def default_network(self) -> str:
     """The network `--mode=predict` uses unless told otherwise."""
-    return ENSEMBLE_NETWORK if self.eval_ensemble else 'teacher_0'
+    if self.eval_ensemble:
+      return ENSEMBLE_NETWORK
+    return 'teacher_0' if self.has_teachers else 'student_0'
 
 
 def _teachers_of(teaches: str, num_pairs: int) -> tuple[tuple[int, ...], ...]:
@@ -100,6 +110,9 @@ def from_config(config) -> Method:
     raise ValueError(f'Unknown bank_push {config.bank_push!r}; valid: '
                      f'{", ".join(BANK_PUSH_MODES)}.')
   row = TABLE[config.method]
+  ema_teachers = row.ema_teachers
+  if row.pseudo_labels_from == 'none' and not config.supervised_ema:
+    ema_teachers = False  # no teacher teaches: the EMA copy exists only to be scored
   n = int(config.num_pairs)
   semi = row.pseudo_labels_from != 'none'
   bank_push = config.bank_push
@@ -109,7 +122,7 @@ def from_config(config) -> Method:
     bank_push = 'after_update'
   return Method(
       name=config.method, num_pairs=n, teachers_of=_teachers_of(row.teaches, n),
-      pseudo_labels_from=row.pseudo_labels_from, ema_teachers=row.ema_teachers,
+      pseudo_labels_from=row.pseudo_labels_from, ema_teachers=ema_teachers,
       eval_ensemble=row.eval_ensemble, stage1_teacher=row.stage1_teacher,
       use_ct=semi and bool(config.use_ct), use_hc=semi and bool(config.use_hc),
       use_lc=semi and bool(config.use_lc) and n > 1, bank_push=bank_push)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -29,6 +30,15 @@ def param_groups(params, freeze_bn: bool):
       return 'frozen'
     return 'backbone' if names and names[0] == 'backbone' else 'head'
   return jax.tree_util.tree_map_with_path(label, params)
+
+
+def trained_grad_norm(grads, freeze_bn: bool):
+  """Global L2 norm of the gradients the optimiser uses. Frozen leaves are left out, so
+  XLA never computes their gradients (nothing else reads them)."""
+  groups = jax.tree.leaves(param_groups(grads, freeze_bn))
+  squares = [jnp.sum(g.astype(jnp.float32) ** 2)
+             for g, group in zip(jax.tree.leaves(grads), groups) if group != 'frozen']
+  return jnp.sqrt(sum(squares)) if squares else jnp.zeros((), jnp.float32)
 
 
 def _sgd(config, lr):

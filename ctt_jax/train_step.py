@@ -307,6 +307,32 @@ def predict_eval_mode(model, params, batch_stats, images, config):
   return jax.lax.stop_gradient(out)
 
 
+def update_networks_and_banks(state: TrainState, grads, new_stats, banks, x_labeled,
+                              labels, *, model, method, tx, config, bank_k) -> TrainState:
+  """Algorithm 1's stages 6-7: SGD update of the students, EMA teachers (fixed teachers are
+  left as they are), then, in SPEC's order, the updated teachers' labeled features into
+  the banks."""
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+  teacher_params, teacher_stats = state.teacher_params, state.teacher_batch_stats
+  if method.ema_teachers:
+    decay = ema_decay(state.step, config.ema_decay, ema_teachers=True)
+    teacher_params = ema(teacher_params, params, decay)
+    teacher_stats = ema(teacher_stats, new_stats, decay)
+  if method.semi_supervised and method.bank_push == 'after_update':
+    teacher_out = predict_eval_mode(model, teacher_params, teacher_stats, x_labeled, config)
+    banks = push_banks(banks, teacher_out, labels, k=bank_k, ignore_label=config.ignore_label)
+  return state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
+                       teacher_params=teacher_params, teacher_batch_stats=teacher_stats,
+                       opt_state=opt_state, banks=banks)
+
+
+def keep_state(state: TrainState, *unused) -> TrainState:
+  """The other branch of the finite check: nothing changes."""
+  del unused
+  return state
+
+
 # ----------------------------------------------------------------------------------------
 # The step
 # ----------------------------------------------------------------------------------------
@@ -355,30 +381,21 @@ def train_step(state: TrainState, batch: dict[str, Any], rng, *, model,
   (loss, (loss_metrics, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params, state.batch_stats, banks, state.step, x_l, x_strong, targets,
       dropout_rng, model=model, method=method, config=config)
-  # 6. SGD update of the students.
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = jax.tree.map(lambda p, u: p + u, state.params, updates)
-  # 7. EMA teachers, then (SPEC's order) the banks take the new teachers' labeled features.
-  decay = ema_decay(state.step, config.ema_decay, method.ema_teachers)
-  teacher_params = ema(state.teacher_params, params, decay)
-  teacher_stats = ema(state.teacher_batch_stats, new_stats, decay)
-  if method.semi_supervised and method.bank_push == 'after_update':
-    teacher_out = predict_eval_mode(model, teacher_params, teacher_stats, x_l, config)
-    banks = push_banks(banks, teacher_out, labels, k=bank_k, ignore_label=config.ignore_label)
-  new_state = state.replace(
-      step=state.step + 1, params=params, batch_stats=new_stats,
-      teacher_params=teacher_params, teacher_batch_stats=teacher_stats,
-      opt_state=opt_state, banks=banks)
-  # 8. A non-finite loss leaves the state as it was; the training loop stops on the flag.
+  # 6-7. Only a finite loss is committed: the update, the teachers and the banks run
+  #    inside the taken branch, so a finite step pays nothing for the check; otherwise the
+  #    state stays as it was (banks included) and the training loop stops on the flag.
   finite = jnp.isfinite(loss)
-  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+  commit = functools.partial(update_networks_and_banks, model=model, method=method, tx=tx,
+                             config=config, bank_k=bank_k)
+  new_state = jax.lax.cond(finite, commit, keep_state, state, grads, new_stats, banks, x_l,
+                           labels)
   metrics.update(loss_metrics)
   metrics.update(
       loss=loss, loss_finite=finite.astype(jnp.float32),
-      lr=optim.poly_schedule(config, config.lr)(state.step), ema_decay=decay,
-      bank_fill=memory_bank.fill_fraction(banks),
-      grad_norm=jnp.sqrt(sum(jnp.sum(g.astype(jnp.float32) ** 2)
-                             for g in jax.tree.leaves(grads))))
+      lr=optim.poly_schedule(config, config.lr)(state.step),
+      ema_decay=ema_decay(state.step, config.ema_decay, method.ema_teachers),
+      bank_fill=memory_bank.fill_fraction(new_state.banks),
+      grad_norm=optim.trained_grad_norm(grads, bool(config.model.freeze_bn)))
   return new_state, metrics
 
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ctt_jax import train_state, train_step
+from ctt_jax import inference, methods, train_state, train_step
 from tests.train_helpers import IMAGE, counting, make_batch, tiny_config, tiny_model
 
 
@@ -96,6 +96,7 @@ def test_cross_teacher_reaches_only_the_other_students():
 
 @pytest.mark.parametrize('overrides', [
     dict(method='supervised'),
+    dict(method='supervised', supervised_ema=False),
     dict(method='mean_teacher', num_pairs=1, unlabeled_aug='cutmix'),
     dict(method='mutual'),
     dict(method='dual_teacher', ct_weighting='none'),
@@ -120,7 +121,7 @@ def test_every_method_and_switch_runs(overrides):
                                     and config.num_pairs > 1)
   teacher_moved = any(not np.allclose(a, b) for a, b in zip(
       jax.tree.leaves(init_teacher), jax.tree.leaves(state.teacher_params)))
-  assert teacher_moved == (method != 'self_training')
+  assert teacher_moved == methods.from_config(config).ema_teachers
   if method != 'supervised':
     pushed = float(np.asarray(state.banks.count).sum())
     assert (pushed == 0) if config.bank_push == 'none' else (pushed > 0)
@@ -152,6 +153,20 @@ def test_non_finite_loss_keeps_the_state(method):
     assert float(metrics['loss_finite']) == 0.0
     for old, new in zip(jax.tree.leaves(start), jax.tree.leaves(jax.device_get(new_state))):
       np.testing.assert_array_equal(old, new)
+
+
+def test_supervised_without_ema_has_only_students():
+  """`supervised_ema=False`: the step keeps no teacher and evaluation scores the students."""
+  config, model, state, _ = _setup(method='supervised', num_pairs=1, supervised_ema=False)
+  method = methods.from_config(config)
+  assert not method.ema_teachers and not method.has_teachers
+  assert method.network_names() == ['student_0'] and method.default_network == 'student_0'
+  labeled = make_batch(3)['labeled']
+  batch = {**labeled, 'valid': np.ones(labeled['label'].shape, bool)}
+  confusion = jax.jit(inference.make_eval_step(config, model))(state, batch)
+  assert confusion.shape == (1, config.num_classes, config.num_classes)
+  with_ema = methods.from_config(tiny_config(method='supervised', num_pairs=1))
+  assert with_ema.network_names() == ['student_0', 'teacher_0']
 
 
 def test_pseudo_label_confusion_against_a_hand_count():
