@@ -162,6 +162,15 @@ def config_arg(r: dict[str, Any], num_chips: int) -> tuple[str, str]:
   return path, ','.join(parts)
 
 
+def code_version() -> str:
+  """The commit the row was compiled from ('+dirty' if ctt_jax/ or configs/ differ)."""
+  def git(*args):
+    return subprocess.run(['git', *args], cwd=ROOT, capture_output=True, text=True).stdout
+  commit = git('rev-parse', '--short', 'HEAD').strip() or 'unknown'
+  return commit + ('+dirty' if git('status', '--porcelain', 'ctt_jax', 'configs').strip()
+                   else '')
+
+
 def compile_row(r: dict[str, Any]) -> dict[str, Any]:
   """Compiles one row in this process and returns the table row (JSON-able)."""
   sys.path.insert(0, ROOT)
@@ -193,7 +202,7 @@ def compile_row(r: dict[str, Any]) -> dict[str, Any]:
       'num_hosts': report['num_hosts'], 'global_batch': report['global_batch'],
       'num_pairs': report['num_pairs'], 'bank_size': report['bank_size'],
       'crop_size': report['crop_size'], 'config_arg': arg,
-      'measured': time.strftime('%Y-%m-%d'),
+      'measured': time.strftime('%Y-%m-%d'), 'code': code_version(),
   }
 
 
