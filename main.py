@@ -16,10 +16,16 @@ requeue the job.
 import os
 import sys
 
+from ctt_jax import xla_cpu_flags
+
+xla_cpu_flags.add_defaults()  # before jax starts its CPU backend (no effect on GPU/TPU)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file[:partition,key=value,...].',

@@ -188,11 +188,12 @@ def flops_of(stage) -> float:
 class JaxStep:
   """The jitted, state-donating ctt-jax train step on a random state and batch."""
 
-  def __init__(self, config, size, fill_banks: bool = False, model_flops: bool = True):
+  def __init__(self, config, size, fill_banks: bool = False, model_flops: bool = True,
+               make_step=train_step.make_train_step):
     model = models.get_model(config.model, config.num_classes)
     self.state = random_state(config, model, size, fill_banks)
     self.batch = jax.device_put(make_batch(size, config.num_classes))
-    step = train_step.make_train_step(config, model, num_labeled=NUM_LABELED)
+    step = make_step(config, model, num_labeled=NUM_LABELED)
     rng = jax.random.key(0)
     start = time.perf_counter()
     self.compiled = jax.jit(step, donate_argnums=0).lower(self.state, self.batch,
@@ -207,7 +208,7 @@ class JaxStep:
       xla_config = config.copy_and_resolve_references()
       xla_config.model.conv_impl = 'xla'
       xla_model = models.get_model(xla_config.model, config.num_classes)
-      xla_step = train_step.make_train_step(xla_config, xla_model, num_labeled=NUM_LABELED)
+      xla_step = make_step(xla_config, xla_model, num_labeled=NUM_LABELED)
       self.flops = flops_of(jax.jit(xla_step).lower(self.state, self.batch, rng))
     self.count = 0
     self.rss_growth = None
@@ -369,10 +370,10 @@ def target_rows(results: dict) -> list[dict]:
                      [r.get('jax_median'), r.get('torch_median')]))
   if 'ctt' in results:
     c = results['ctt']
-    rows.append(_row(results, f'CTT machinery {_size(c["size"])}: full / (no HC, LC, bank) - 1',
+    rows.append(_row(results, f'CTT machinery {_size(c["size"])}: full / network passes - 1',
                      c['overhead'], 0.05, False, f'full {c["full"]["median_s"]:.3f}s, '
-                     f'without {c["base"]["median_s"]:.3f}s', ['ctt'],
-                     [c['full'].get('median'), c['base'].get('median')]))
+                     f'passes only {c["passes"]["median_s"]:.3f}s', ['ctt'],
+                     [c['full'].get('median'), c['passes'].get('median')]))
   big = max(results['supervised'], key=lambda r: r['size'][0] * r['size'][1], default=None)
   if big is not None:
     gflops = big['flops'] / big['jax_s'] / 1e9
@@ -466,9 +467,10 @@ def _step_lines(results: dict) -> list[str]:
                  f'{_median_cell(r.get("jax_median"))}; '
                  f'{_median_cell(r.get("torch_median"))} | {_share(r.get("window"))} |')
   labels = {'full': 'CTT, 2 pairs, all on', 'no_contrastive': 'CTT without HC, LC (bank '
-            'push on)', 'base': 'CTT without HC, LC, bank push'}
+            'push on)', 'base': 'CTT without HC, LC, bank push',
+            'passes': 'CTT network passes only (benchmarks/network_passes.py)'}
   c = results.get('ctt')
-  for name in ('full', 'no_contrastive', 'base') if c else ():
+  for name in ('full', 'no_contrastive', 'base', 'passes') if c else ():
     if name in c:
       v = c[name]
       lines.append(f'| {labels[name]} | {_size(c["size"])} | {v["median_s"]:.3f} | - | - | '
@@ -494,7 +496,7 @@ def _memory_lines(results: dict) -> list[str]:
     lines.append(f'| supervised | {_size(r["size"])} | {_mib(mem["total"])} | '
                  f'{_mib(mem["temp_size"])} | {growth("jax")} | {growth("torch")} |')
   c = results.get('ctt')
-  for name in ('full', 'no_contrastive', 'base') if c else ():
+  for name in ('full', 'no_contrastive', 'base', 'passes') if c else ():
     if name in c:
       mem = c[name]['memory']
       lines.append(f'| CTT {name} | {_size(c["size"])} | {_mib(mem["total"])} | '

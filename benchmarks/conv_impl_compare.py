@@ -18,6 +18,9 @@ import sys
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# What main.py runs with (ctt_jax/xla_cpu_flags.py); a flag set in XLA_FLAGS wins.
+from ctt_jax import xla_cpu_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+xla_cpu_flags.add_defaults()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import load_guard as lg  # standard library only

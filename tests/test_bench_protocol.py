@@ -110,8 +110,10 @@ def test_set_priority_reaches_every_thread_and_new_threads_inherit():
       stop.set()
       print('ok')
   ''')
+  # Its own session: set_priority also sets the session's autogroup nice, which must not
+  # reach the test run.
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                       check=False, cwd=_root())
+                       check=False, cwd=_root(), start_new_session=True)
   assert out.returncode == 0 and out.stdout.strip() == 'ok', out.stderr
 
 
