@@ -296,7 +296,8 @@ def main(argv=None):
   parser.add_argument('--rows', default='main', help='main, search, scaling, demo; '
                       'comma-separated, run in that order')
   parser.add_argument('--output', default=DEFAULT_OUTPUT)
-  parser.add_argument('--timeout_s', type=float, default=3600, help='per row')
+  parser.add_argument('--timeout_s', type=float, default=3 * 3600,
+                      help='per row (a loaded 2-core machine took over an hour)')
   parser.add_argument('--markdown', action='store_true',
                       help='print the rows of --output as a table and exit')
   parser.add_argument('--one', help=argparse.SUPPRESS)  # child: compile one JSON row
