@@ -51,9 +51,9 @@ def test_default_plan_order(script):
   assert [r.name for r in runs] == [
       'p0_s0/supervised', 'p0_s0/ctt', 'p1_s0/supervised', 'p1_s0/ctt',
       'p2_s0/supervised', 'p2_s0/ctt',
-      'p0_s0/mean_teacher', 'p1_s0/mean_teacher', 'p2_s0/mean_teacher',
-      'p0_s1/supervised', 'p0_s1/ctt',
       'p0_s0/ct_only', 'p1_s0/ct_only', 'p2_s0/ct_only',
+      'p0_s1/supervised', 'p0_s1/ctt',
+      'p0_s0/mean_teacher', 'p1_s0/mean_teacher', 'p2_s0/mean_teacher',
       'p0_s2/supervised', 'p0_s2/ctt']
   assert runs[0].workdir('/g') == '/g/p0_s0/supervised'
 
