@@ -43,14 +43,15 @@ class Settings:
 
 
 def settings_from_config(config: ml_collections.ConfigDict) -> Settings:
+  method = methods_lib.from_config(config)
   return Settings(
       num_pairs=int(config.num_pairs),
       num_classes=int(config.num_classes),
       ignore_label=int(config.ignore_label),
       image_mean=tuple(float(v) for v in config.image_mean),
       image_std=tuple(float(v) for v in config.image_std),
-      ensemble=methods_lib.from_config(config).eval_ensemble,
-      teachers=methods_lib.from_config(config).has_teachers,
+      ensemble=method.eval_ensemble,
+      teachers=method.has_teachers,
       sliding_window=bool(config.eval_sliding_window),
       crop_size=tuple(int(v) for v in config.data.crop_size),
       stride_fraction=float(config.eval_window_stride_fraction))

@@ -110,11 +110,10 @@ def from_config(config) -> Method:
     raise ValueError(f'Unknown bank_push {config.bank_push!r}; valid: '
                      f'{", ".join(BANK_PUSH_MODES)}.')
   row = TABLE[config.method]
-  ema_teachers = row.ema_teachers
-  if row.pseudo_labels_from == 'none' and not config.supervised_ema:
-    ema_teachers = False  # no teacher teaches: the EMA copy exists only to be scored
   n = int(config.num_pairs)
   semi = row.pseudo_labels_from != 'none'
+  # Without teaching, the EMA copy exists only to be scored; `supervised_ema` may drop it.
+  ema_teachers = row.ema_teachers and (semi or bool(config.supervised_ema))
   bank_push = config.bank_push
   if bank_push == 'before_update' and row.pseudo_labels_from != 'teachers':
     # The paper's order reuses the teacher pass of the pseudo-labels; without teachers

@@ -6,9 +6,10 @@ A flag the user already set in XLA_FLAGS wins.
 
 - `xla_cpu_experimental_ynn_fusion_type=-individual_convolution`: jaxlib 0.10 sends every
   float32 convolution to YNNPACK; this hands convolutions back to XLA's own (Eigen)
-  kernels and leaves dots on YNNPACK. Measured (benchmarks/README.md, "XLA:CPU flags"):
-  the supervised DeepLabV2-R101 step 17% faster at 64x128 and ~4% at 256x512 on 2 AMD
-  EPYC (Zen 4) cores; outputs differ by summation order only (<= 8.4e-6 relative).
+  kernels and leaves dots on YNNPACK. Measured (benchmarks/README.md, "Work around the
+  network"; benchmarks/results/xla_flags_probe.md): the supervised DeepLabV2-R101 step 17%
+  faster at 64x128 and ~4% at 256x512 on 2 AMD EPYC (Zen 4) cores; outputs differ by
+  summation order only (<= 8.4e-6 relative).
 """
 from __future__ import annotations
 
