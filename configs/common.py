@@ -14,6 +14,8 @@ Importing this module loads neither TensorFlow nor jax (configs load in millisec
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 from typing import Any, Mapping
 
 import ml_collections
@@ -301,3 +303,13 @@ def dataset_config(dataset: str, arg: str | None, splits: tuple[str, ...],
                      f'{", ".join(splits)}.')
   config.data.split = split
   return apply_overrides(config, overrides)
+
+
+def from_file(spec: str, root: str = '.') -> ml_collections.ConfigDict:
+  """The config of `spec` = 'FILE[:ARGS]', as main.py's --config reads it (FILE relative
+  to `root`), for scripts that take the same argument."""
+  path, _, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('config_file', os.path.join(root, path))
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)

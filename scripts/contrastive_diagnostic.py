@@ -14,7 +14,6 @@ broken (features not aligned with their class's entries).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 
@@ -25,19 +24,12 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import common
 from ctt_jax import images as image_ops
 from ctt_jax import memory_bank
 from ctt_jax import stacked
 from ctt_jax import train
 from ctt_jax.data import pipeline
-
-
-def load_config(arg: str):
-  path, _, overrides = arg.partition(':')
-  spec = importlib.util.spec_from_file_location('run_config', os.path.join(ROOT, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(overrides)
 
 
 def unit(x):
@@ -63,7 +55,7 @@ def main():
   parser.add_argument('--config', required=True, help='FILE:ARGS, as main.py --config')
   parser.add_argument('--images', type=int, default=4)
   args = parser.parse_args()
-  config = load_config(args.config)
+  config = common.from_file(args.config, ROOT)
   run = train.Run(config, args.workdir, asynchronous_checkpoints=False)
   state, step = run.restore()
   data = pipeline.build_datasets(config, training=False, process_index=0, process_count=1)

@@ -174,14 +174,11 @@ def code_version() -> str:
 def compile_row(r: dict[str, Any]) -> dict[str, Any]:
   """Compiles one row in this process and returns the table row (JSON-able)."""
   sys.path.insert(0, ROOT)
-  import importlib.util  # pylint: disable=g-import-not-at-top
+  from configs import common  # pylint: disable=g-import-not-at-top
   from ctt_jax import tpu_compile  # pylint: disable=g-import-not-at-top
   topo = tpu_compile.parse_topology(r['topology'])
   path, arg = config_arg(r, topo.num_chips)
-  spec = importlib.util.spec_from_file_location('row_config', os.path.join(ROOT, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
+  config = common.from_file(f'{path}:{arg}', ROOT)
   start = time.time()
   report = tpu_compile.compile_report(config, r['topology'], steps=(r['step'],))
   step = report[r['step']]
