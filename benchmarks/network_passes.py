@@ -13,6 +13,7 @@ candidate ranking and push, metrics.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 
 from ctt_jax import images as image_ops
 from ctt_jax import losses
+from ctt_jax import methods as methods_lib
 from ctt_jax import optim
 from ctt_jax import train_step as ts
 
@@ -45,15 +47,13 @@ def passes_step(state, batch, rng, *, model, tx, config):
     return total, stats
 
   (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = jax.tree.map(lambda p, u: p + u, state.params, updates)
-  decay = ts.ema_decay(state.step, config.ema_decay, ema_teachers=True)
-  teacher_params = ts.ema(state.teacher_params, params, decay)
-  teacher_stats = ts.ema(state.teacher_batch_stats, stats, decay)
-  labeled = ts.predict_eval_mode(model, teacher_params, teacher_stats, x_l, config)
-  new_state = state.replace(step=state.step + 1, params=params, batch_stats=stats,
-                            teacher_params=teacher_params, teacher_batch_stats=teacher_stats,
-                            opt_state=opt_state)
+  # Stages 6-7 as the full step runs them (update, EMA), without the bank push.
+  method = dataclasses.replace(methods_lib.from_config(config), bank_push='none')
+  new_state = ts.update_networks_and_banks(state, grads, stats, state.banks, x_l, labels,
+                                           model=model, method=method, tx=tx, config=config,
+                                           bank_k=0)
+  labeled = ts.predict_eval_mode(model, new_state.teacher_params,
+                                 new_state.teacher_batch_stats, x_l, config)
   return new_state, {'loss': loss, 'teacher_labeled_sum': labeled['features'].sum()}
 
 
