@@ -12,7 +12,8 @@ come first.
 
 Row sets (`--rows`, comma-separated): `main` (the paper configs on the four single-host
 slices and one multi-host slice), `search` (the largest per-chip batch that fits, found
-by doubling then bisecting, for each config, dtype and slice of `main`), `scaling`
+from the linear estimate of two compiled batches, else by doubling then bisecting,
+for each config, dtype and slice of `main`; v5e-8 and v4-8 first), `scaling`
 (per-chip FLOPs and HBM against num_pairs, bank_size and crop size), `demo` (seconds).
 
 The batch rule: `batch_size` is the global labeled batch (the unlabeled one is as large),
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -239,39 +241,89 @@ def run_in_child(r: dict[str, Any], timeout_s: float) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------
 
 
-def next_batch_to_try(fits_by_batch: dict[int, bool], limit: int = 64) -> Optional[int]:
-  """Doubling from 1 until a batch does not fit, then bisecting; None when settled."""
+def linear_estimate(hbm_by_batch: dict[int, float], capacity_gib: float) -> Optional[int]:
+  """The largest per-chip batch whose HBM, extrapolated along the line through the two
+  largest compiled batches, is within the chip's capacity; None with fewer than two.
+
+  Arguments and the bank are the same at every batch; activations and their gradients
+  grow with it, so HBM is close to affine in the batch. A guess to compile, not a result.
+  """
+  if len(hbm_by_batch) < 2:
+    return None
+  (p0, h0), (p1, h1) = sorted(hbm_by_batch.items())[-2:]
+  slope = (h1 - h0) / (p1 - p0)
+  if not slope > 0:
+    return None
+  return max(0, math.floor(p1 + (capacity_gib - h1) / slope))
+
+
+def next_batch_to_try(fits_by_batch: dict[int, bool], limit: int = 64,
+                      estimate: Optional[int] = None) -> Optional[int]:
+  """The next per-chip batch to compile; None when the largest that fits is known.
+
+  With a linear `estimate`, try it (kept strictly between the largest batch known to fit
+  and the smallest known not to); without one, double from 1 until a batch does not fit,
+  then bisect.
+  """
   fitting = [p for p, ok in fits_by_batch.items() if ok]
   failing = [p for p, ok in fits_by_batch.items() if not ok]
   low = max(fitting, default=0)
   high = min([p for p in failing if p > low], default=None)
-  if high is None:
-    candidate = 1 if low == 0 else 2 * low
-    return candidate if candidate <= limit else None
-  if high - low <= 1:
+  if high is not None and high - low <= 1:
     return None
-  return (low + high) // 2
+  if estimate is not None:
+    candidate = max(estimate, low + 1)
+    if high is not None:
+      candidate = min(candidate, high - 1)
+  elif high is None:
+    candidate = 1 if low == 0 else 2 * low
+  else:
+    candidate = (low + high) // 2
+  return candidate if candidate <= limit else None
+
+
+def largest_batches(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Per base (every key field but the batch) of the train rows: the largest per-chip
+  batch compiled that fits, whether it is settled (the next one was compiled and does
+  not fit) and the linear estimate."""
+  bases: dict[tuple, list[dict[str, Any]]] = {}
+  for r in rows:
+    if r['step'] == 'train' and r.get('hbm_gib') is not None:
+      bases.setdefault(row_key({**r, 'per_chip_batch': 0}), []).append(r)
+  out = []
+  for group in bases.values():
+    fits = {r['per_chip_batch']: bool(r['fits']) for r in group}
+    largest = max([p for p, ok in fits.items() if ok], default=0)
+    estimate = linear_estimate({r['per_chip_batch']: r['hbm_gib'] for r in group},
+                               group[0]['hbm_capacity_gib'])
+    out.append({**{f: group[0][f] for f in KEY_FIELDS if f != 'per_chip_batch'},
+                'largest_fitting': largest, 'settled': fits.get(largest + 1) is False,
+                'compiled': sorted(fits), 'linear_estimate': estimate})
+  return out
 
 
 def search_rows() -> list[dict[str, Any]]:
   """The bases whose largest fitting per-chip batch `--rows=search` finds."""
   bases = []
-  for config in (CITYSCAPES, VOC_AUG, VOC_CLASSIC):
-    for topology in ('v5e:2x4', 'v4:2x2x1', 'v5p:2x2x1', 'v6e:2x4'):
-      for dtype in ('bfloat16', 'float32'):
-        bases.append(row(config, topology, dtype=dtype))
+  for topologies in (('v5e:2x4', 'v4:2x2x1'), ('v5p:2x2x1', 'v6e:2x4')):
+    for dtype in ('bfloat16', 'float32'):
+      for config in (CITYSCAPES, VOC_AUG, VOC_CLASSIC):
+        for topology in topologies:
+          bases.append(row(config, topology, dtype=dtype))
   return bases
 
 
 def search(base: dict[str, Any], path: str, timeout_s: float):
-  """Compiles per-chip batches of `base` until the largest that fits is known."""
+  """Compiles per-chip batches of `base` until the largest that fits is known: the
+  linear estimate first, once two batches are compiled, else doubling."""
   while True:
-    done = load_rows(path)
-    fits_by_batch = {}
-    for r in done:
-      if row_key({**r, 'per_chip_batch': 0}) == row_key({**base, 'per_chip_batch': 0}):
-        fits_by_batch[r['per_chip_batch']] = r['fits']
-    batch = next_batch_to_try(fits_by_batch)
+    done = [r for r in load_rows(path)
+            if row_key({**r, 'per_chip_batch': 0}) == row_key({**base, 'per_chip_batch': 0})]
+    fits_by_batch = {r['per_chip_batch']: r['fits'] for r in done}
+    estimate = linear_estimate({r['per_chip_batch']: r['hbm_gib'] for r in done
+                                if r.get('hbm_gib') is not None},
+                               done[0]['hbm_capacity_gib'] if done else 0.0)
+    batch = next_batch_to_try(fits_by_batch, estimate=estimate)
     if batch is None:
       return max([p for p, ok in fits_by_batch.items() if ok], default=0)
     append_row(path, run_and_log({**base, 'per_chip_batch': batch}, timeout_s))
@@ -307,6 +359,22 @@ def markdown(rows: list[dict[str, Any]]) -> str:
   return '\n'.join(lines)
 
 
+def largest_batch_markdown(rows: list[dict[str, Any]]) -> str:
+  """The largest per-chip batch that fits, per slice, config, method, dtype and remat."""
+  head = ('| slice | config | method | dtype | remat | extra | largest per-chip batch that '
+          'fits | batches compiled | linear estimate |')
+  lines = [head, '|' + '---|' * (head.count('|') - 1)]
+  for b in largest_batches(rows):
+    largest = (f"{b['largest_fitting']}" if b['settled']
+               else f">= {b['largest_fitting']} (not settled)")
+    cells = [b['topology'], b['config'].replace('configs/', ''), b['method'], b['dtype'],
+             b['remat'] or '-', b['overrides'] or '-', largest,
+             ', '.join(map(str, b['compiled'])),
+             '-' if b['linear_estimate'] is None else str(b['linear_estimate'])]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--rows', default='main', help='main, search, scaling, demo; '
@@ -320,6 +388,8 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.markdown:
     print(markdown(load_rows(args.output)))
+    print()
+    print(largest_batch_markdown(load_rows(args.output)))
     return
   if args.one:
     print(json.dumps(compile_row(json.loads(args.one))))

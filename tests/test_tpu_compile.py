@@ -182,6 +182,28 @@ def test_batch_search_doubles_then_bisects():
   assert table.next_batch_to_try({1: True}, limit=1) is None
 
 
+def test_batch_search_starts_from_the_linear_estimate():
+  # HBM 2 + 3 p GiB on a 16 GiB chip: batch 4 fits (14), 5 does not (17).
+  assert table.linear_estimate({1: 5.0, 2: 8.0}, 16.0) == 4
+  assert table.linear_estimate({1: 5.0}, 16.0) is None  # one point: no line
+  assert table.linear_estimate({1: 5.0, 2: 5.0}, 16.0) is None  # flat: no extrapolation
+  assert table.next_batch_to_try({1: True, 2: True}, estimate=4) == 4
+  assert table.next_batch_to_try({1: True, 2: True, 4: True}, estimate=4) == 5
+  assert table.next_batch_to_try({1: True, 2: True, 4: True, 5: False}, estimate=4) is None
+  # An estimate outside what is known is pulled inside the bracket.
+  assert table.next_batch_to_try({1: True, 2: True, 8: False}, estimate=12) == 7
+  assert table.next_batch_to_try({1: True, 4: True}, estimate=2) == 5
+  rows = [{**table.row(table.CITYSCAPES, 'v5e:2x4', per_chip_batch=p), 'fits': p < 5,
+           'hbm_gib': 2.0 + 3 * p, 'hbm_capacity_gib': 16} for p in (1, 2, 4, 5)]
+  rows.append({**table.row(table.CITYSCAPES, 'v4:2x2x1', per_chip_batch=2), 'fits': True,
+               'hbm_gib': 9.0, 'hbm_capacity_gib': 32})
+  found = {b['topology']: b for b in table.largest_batches(rows)}
+  assert (found['v5e:2x4']['largest_fitting'], found['v5e:2x4']['settled']) == (4, True)
+  assert found['v5e:2x4']['linear_estimate'] == 4
+  assert (found['v4:2x2x1']['largest_fitting'], found['v4:2x2x1']['settled']) == (2, False)
+  assert '>= 2 (not settled)' in table.largest_batch_markdown(rows)
+
+
 def test_row_config_argument_is_the_global_batch():
   r = table.row(table.CITYSCAPES, 'v5e:2x4', method='supervised', dtype='bfloat16',
                 per_chip_batch=2, remat='blocks', overrides='bank_size=256')
