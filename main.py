@@ -16,9 +16,11 @@ requeue the job.
 import os
 import sys
 
+from ctt_jax import libtpu_flags
 from ctt_jax import xla_cpu_flags
 
 xla_cpu_flags.add_defaults()  # before jax starts its CPU backend (no effect on GPU/TPU)
+libtpu_flags.add_defaults()  # before jax starts libtpu (v6e compiles; no graph changes)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app

@@ -25,6 +25,13 @@ import re
 import time
 from typing import Any, Optional
 
+from ctt_jax import libtpu_flags
+
+# libtpu reads LIBTPU_INIT_ARGS once, when it starts: set its defaults before any user of
+# this module (CI's check, the compile table) starts it (main.py has done so already).
+libtpu_flags.add_defaults()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -35,6 +42,7 @@ from ctt_jax import models
 from ctt_jax import sharding
 from ctt_jax import train_state
 from ctt_jax import train_step
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 GIB = 2**30
 

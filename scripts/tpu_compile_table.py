@@ -227,7 +227,10 @@ def compile_row(r: dict[str, Any]) -> dict[str, Any]:
 def run_in_child(r: dict[str, Any], timeout_s: float) -> dict[str, Any]:
   # Compile-only libtpu touches no chip: let it load beside another libtpu process (its
   # lockfile otherwise allows one per machine, e.g. no CI check while the table runs).
+  sys.path.insert(0, ROOT)
+  from ctt_jax import libtpu_flags  # pylint: disable=g-import-not-at-top
   env = dict(os.environ, ALLOW_MULTIPLE_LIBTPU_LOAD='1')
+  libtpu_flags.add_defaults(env)  # v6e's compiler needs deeper stacks (ctt_jax/libtpu_flags)
   proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--one', json.dumps(r)],
                         capture_output=True, text=True, timeout=timeout_s, cwd=ROOT, env=env)
   lines = [l for l in proc.stdout.splitlines() if l.startswith('{')]
