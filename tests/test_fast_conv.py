@@ -58,6 +58,44 @@ def test_values_and_gradients_equal_lax_conv(height, width, ksize, stride, dilat
   assert_close(got_dk, want_dk)
 
 
+def _forward_and_gradients_match(x, kernel, stride, dilation, padding):
+  want = lax_conv(x, kernel, stride, dilation, padding)
+  assert_close(fast_conv.conv2d(x, kernel, stride, dilation, padding), want)
+  cotangent = jnp.asarray(np.random.default_rng(1).normal(size=want.shape), jnp.float32)
+  loss = lambda conv: lambda x, k: jnp.vdot(conv(x, k, stride, dilation, padding),
+                                             cotangent)
+  got = jax.jit(jax.grad(loss(fast_conv.conv2d), (0, 1)))(x, kernel)
+  for g, w in zip(got, jax.grad(loss(lax_conv), (0, 1))(x, kernel)):
+    assert_close(g, w)
+
+
+@pytest.mark.parametrize('height,width,dilation,real', [
+    (5, 9, 6, ((1, 1), (0, 2))),  # rows: only the centre tap; 1 x 3 kernel
+    (5, 5, 6, ((1, 1), (1, 1))),  # only the centre tap: a 1x1 convolution (`dense`)
+    (9, 17, 12, ((1, 1), (0, 2))),  # the ASPP branches at 64x128
+    (9, 17, 24, ((1, 1), (1, 1))),
+    (4, 30, 6, ((1, 1), (0, 2))),
+    (17, 33, 18, ((1, 1), (0, 2)))])
+def test_taps_that_read_only_padding_are_dropped(height, width, dilation, real):
+  assert (fast_conv.real_taps(height, height, 3, 1, dilation, dilation),
+          fast_conv.real_taps(width, width, 3, 1, dilation, dilation)) == real
+  rng = np.random.default_rng(height * 7 + width)
+  x = jnp.asarray(rng.normal(size=(2, height, width, 5)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(3, 3, 5, 6)), jnp.float32)
+  _forward_and_gradients_match(x, kernel, 1, dilation, dilation)
+
+
+@pytest.mark.parametrize('height,width,dilation,channels', [(3, 5, 1, 64), (4, 4, 2, 48),
+                                                            (9, 17, 4, 256)])
+def test_input_gradient_with_flipped_activations(height, width, dilation, channels):
+  # Weights larger than the activations: `input_grad` flips dy instead of the kernel.
+  assert 2 * height * width * (2 * channels + 8) < 9 * channels * (channels + 8)
+  rng = np.random.default_rng(height * 11 + width)
+  x = jnp.asarray(rng.normal(size=(2, height, width, channels)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(3, 3, channels, channels + 8)), jnp.float32)
+  _forward_and_gradients_match(x, kernel, 1, dilation, dilation)
+
+
 def test_patch_conv_is_nn_conv_with_the_same_parameters():
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 9, 10, 3)), jnp.float32)
   ours = fast_conv.PatchConv(4, 3, stride=2, dilation=1, padding=1, use_bias=True)

@@ -15,13 +15,15 @@ cost time in a ResNet step, and this module works around each:
 
 `conv2d(x, kernel, stride, dilation, padding)` equals
 `lax.conv_general_dilated(x, kernel, (s, s), ((p, p), (p, p)), rhs_dilation=(d, d))` on
-NHWC / HWIO arrays, forward values bit for bit; only the kernel gradient differs
-(a `jax.custom_vjp`), in summation order:
+NHWC / HWIO arrays up to summation order (a `jax.custom_vjp`):
 
-  forward         y   = conv(x, W)                       XLA's convolution
-  input grad      dx  = conv_transpose(dy, W)            XLA's (as jax.grad would)
+  forward         y   = conv(x, W')                      XLA's convolution
+  input grad      dx  = conv_transpose(dy, W')           XLA's, or with the activations
+                                                         flipped (`input_grad`)
   kernel grad     dW_t = (dy^T [Cout, K] . tap_t(x) [K, Cin])^T  k*k matmuls, K = B*Ho*Wo
 
+W' is W without the taps that read only zero padding (`conv2d`; e.g. large dilations on a
+small map); where no tap is dropped the forward values are XLA's, bit for bit.
 tap_t(x) is tap t = (i, j) of the zero-padded input: rows i*d + s*r, columns j*d + s*c
 for output pixel (r, c), a strided slice. Any stride and dilation works.
 `dense(x, kernel)` is the same idea for 1x1 convolutions (layers.Conv1x1).
@@ -98,30 +100,40 @@ def transposed(x2: jax.Array) -> jax.Array:
 
 
 # --- k x k convolution ----------------------------------------------------------------------
-def _out_size(n: int, k: int, stride: int, dilation: int, pad: int) -> int:
-  return (n + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+# Internally a kernel is kh x kw with zero padding per side, pads = ((top, bottom), (left,
+# right)): `conv2d` crops square kernels to the taps that read real pixels (below).
+Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
-def xla_conv(x, kernel, stride: int, dilation: int, padding: int):
-  """lax.conv_general_dilated with PyTorch-style symmetric padding, NHWC / HWIO."""
-  return lax.conv_general_dilated(
-      x, kernel, (stride, stride), ((padding, padding), (padding, padding)),
-      rhs_dilation=(dilation, dilation), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+def _out_size(n: int, k: int, stride: int, dilation: int, pad_lo: int, pad_hi: int) -> int:
+  return (n + pad_lo + pad_hi - dilation * (k - 1) - 1) // stride + 1
 
 
-def taps(x: jax.Array, ksize: int, stride: int, dilation: int, padding: int,
+def _symmetric(padding: int) -> Pads:
+  return ((padding, padding), (padding, padding))
+
+
+def xla_conv(x, kernel, stride: int, dilation: int, pads: Pads):
+  """lax.conv_general_dilated, NHWC / HWIO, zero padding per side."""
+  return lax.conv_general_dilated(x, kernel, (stride, stride), pads,
+                                  rhs_dilation=(dilation, dilation),
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def taps(x: jax.Array, kernel_hw: tuple[int, int], stride: int, dilation: int, pads: Pads,
          out_hw: tuple[int, int]) -> list[jax.Array]:
-  """The k*k shifted views of the zero-padded input, each [B, Ho, Wo, C], (row, col) order.
+  """The kh*kw shifted views of the zero-padded input, each [B, Ho, Wo, C], (row, col)
+  order.
 
   Tap (i, j) holds the padded input at rows i*d + s*r and columns j*d + s*c of output pixel
   (r, c): a strided slice. They stay separate: XLA:CPU's concatenate of 9 slabs ran at
   < 1 GB/s, slower than the 9 matmuls that follow.
   """
   ho, wo = out_hw
-  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
   out = []
-  for i in range(ksize):
-    for j in range(ksize):
+  for i in range(kernel_hw[0]):
+    for j in range(kernel_hw[1]):
       r0, c0 = i * dilation, j * dilation
       out.append(lax.slice(
           xp, (0, r0, c0, 0),
@@ -130,54 +142,112 @@ def taps(x: jax.Array, ksize: int, stride: int, dilation: int, padding: int,
   return out
 
 
-def kernel_grad(x, dy, ksize: int, stride: int, dilation: int, padding: int):
-  """dW [k, k, Cin, Cout]: per tap t, the sum over output pixels of tap_t(x)^T dy.
+def kernel_grad(x, dy, kernel_hw: tuple[int, int], stride: int, dilation: int, pads: Pads):
+  """dW [kh, kw, Cin, Cout]: per tap t, the sum over output pixels of tap_t(x)^T dy.
 
   x: [B, H, W, Cin]; dy: [B, Ho, Wo, Cout]. dy is transposed once to [Cout, K] and each
   tap enters as it is: dW_t^T = dy^T [Cout, K] . tap_t [K, Cin], a plain matmul.
   """
   cout, cin = dy.shape[-1], x.shape[-1]
+  kh, kw = kernel_hw
   # Taps depend on x only, so XLA scheduled them early, holding k*k copies of every
   # layer's input through the backward pass (+40% temporary memory); tied to dy they
   # are made when this layer's gradient is.
   x = stored(x, after=dy)
-  tap_list = taps(x, ksize, stride, dilation, padding, dy.shape[1:3])
+  tap_list = taps(x, kernel_hw, stride, dilation, pads, dy.shape[1:3])
   dy_t = transposed(dy.reshape(-1, cout))
   if cin < 16:
     # Few input channels (the RGB stem): k*k matmuls of width Cin waste the matmul
     # kernel; one over the concatenated taps [K, k*k*Cin] is faster (54 vs 133 ms for the
     # 7x7 stem at 256x512; XLA's own kernel gradient 72 ms).
-    cols = jnp.concatenate(tap_list, axis=-1).reshape(-1, ksize * ksize * cin)
-    return (dy_t @ cols).reshape(cout, ksize, ksize, cin).transpose(1, 2, 3, 0)
+    cols = jnp.concatenate(tap_list, axis=-1).reshape(-1, kh * kw * cin)
+    return (dy_t @ cols).reshape(cout, kh, kw, cin).transpose(1, 2, 3, 0)
   grads = [dy_t @ tap.reshape(-1, cin) for tap in tap_list]  # [Cout, Cin] each
-  return jnp.stack(grads).reshape(ksize, ksize, cout, cin).transpose(0, 1, 3, 2)
+  return jnp.stack(grads).reshape(kh, kw, cout, cin).transpose(0, 1, 3, 2)
+
+
+def _flip_hw(a: jax.Array) -> jax.Array:
+  return lax.rev(a, (1, 2))
+
+
+def input_grad(x, kernel, dy, stride: int, dilation: int, pads: Pads):
+  """dx of `xla_conv(x, kernel, stride, dilation, pads)`.
+
+  XLA's own transposed convolution (jax.vjp) first builds reverse(W) with in/out swapped,
+  one loop fusion over the weight at ~1 GB/s: 0.13-0.15 s of a DeepLabV2-R101 step at any
+  image size (benchmarks/op_compare.py). For a stride-1 'same' convolution with a square
+  kernel, dx = flip_hw(conv(flip_hw(dy), W with in/out swapped)) instead: correlating with
+  the flipped kernel is flipping the correlation of the flipped signal, so the weight only
+  takes a plain transpose and the activations two flips. Used where the weight is the
+  larger operand, B*H*W*(Cin+Cout) < kh*kw*Cin*Cout (layer3-4 and the head at 64x128; no
+  layer at 256x512, where it measured neutral); elsewhere jax.vjp.
+  """
+  kh, kw, cin, cout = kernel.shape
+  b, h, w, _ = x.shape
+  same = pads == _symmetric(pads[0][0]) and kh == kw and 2 * pads[0][0] == dilation * (kh - 1)
+  if stride == 1 and same and b * h * w * (cin + cout) < kh * kw * cin * cout:
+    return _flip_hw(xla_conv(_flip_hw(dy), jnp.swapaxes(kernel, 2, 3), 1, dilation, pads))
+  _, vjp = jax.vjp(lambda x_: xla_conv(x_, kernel, stride, dilation, pads), x)
+  return vjp(dy)[0]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, dilation: int = 1,
-           padding: int = 0) -> jax.Array:
-  """Square-kernel convolution [B, H, W, Cin] x [k, k, Cin, Cout] -> [B, Ho, Wo, Cout],
-  Ho = (H + 2p - d(k-1) - 1) // s + 1, with the kernel gradient of `kernel_grad`.
-
-  stride, dilation, padding: Python ints (symmetric zero padding, as PyTorch's Conv2d).
-  """
-  return xla_conv(x, kernel, stride, dilation, padding)
+def _conv_matmul_grads(x, kernel, stride: int, dilation: int, pads: Pads):
+  return xla_conv(x, kernel, stride, dilation, pads)
 
 
-def _conv2d_fwd(x, kernel, stride, dilation, padding):
-  return xla_conv(x, kernel, stride, dilation, padding), (x, kernel)
+def _conv_fwd(x, kernel, stride, dilation, pads):
+  return xla_conv(x, kernel, stride, dilation, pads), (x, kernel)
 
 
-def _conv2d_bwd(stride, dilation, padding, residuals, dy):
+def _conv_bwd(stride, dilation, pads, residuals, dy):
   x, kernel = residuals
-  d_kernel = kernel_grad(x, dy.astype(x.dtype), kernel.shape[0], stride, dilation, padding)
-  # The input gradient is XLA's own (its transposed convolution runs near matmul speed).
-  _, vjp = jax.vjp(lambda x_: xla_conv(x_, kernel, stride, dilation, padding), x)
-  (d_x,) = vjp(dy)
+  dy = dy.astype(x.dtype)
+  d_kernel = kernel_grad(x, dy, kernel.shape[:2], stride, dilation, pads)
+  d_x = input_grad(x, kernel, dy, stride, dilation, pads)
   return d_x.astype(x.dtype), d_kernel.astype(kernel.dtype)
 
 
-conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+_conv_matmul_grads.defvjp(_conv_fwd, _conv_bwd)
+
+
+def real_taps(n_in: int, n_out: int, k: int, stride: int, dilation: int,
+              padding: int) -> tuple[int, int]:
+  """First and last tap i along one axis whose input rows r*s + i*d - p (r < n_out) reach
+  [0, n_in). Taps outside that range multiply zero padding only: at 64x128 the ASPP
+  branches' dilations 12-24 on a 9x17 map leave 14 of their 36 taps real."""
+  real = [i for i in range(k)
+          if any(0 <= r * stride + i * dilation - padding < n_in for r in range(n_out))]
+  return real[0], real[-1]
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, dilation: int = 1,
+           padding: int = 0) -> jax.Array:
+  """Square-kernel convolution [B, H, W, Cin] x [k, k, Cin, Cout] -> [B, Ho, Wo, Cout],
+  Ho = (H + 2p - d(k-1) - 1) // s + 1, with the kernel gradient of `kernel_grad` and the
+  input gradient of `input_grad`.
+
+  Taps that read only zero padding at every output pixel (`real_taps`) are dropped: the
+  kernel is cropped to the real ones (a 1x1 crop is `dense`), the padding adjusted per
+  side, and the dropped taps' gradient is exactly zero (the crop's transpose pads it).
+  Forward values then differ from the full convolution by summation order only.
+  stride, dilation, padding: Python ints (symmetric zero padding, as PyTorch's Conv2d).
+  """
+  k = kernel.shape[0]
+  (h, w), p = x.shape[1:3], padding
+  ho, wo = _out_size(h, k, stride, dilation, p, p), _out_size(w, k, stride, dilation, p, p)
+  (i0, i1), (j0, j1) = (real_taps(h, ho, k, stride, dilation, p),
+                        real_taps(w, wo, k, stride, dilation, p))
+  kh, kw = i1 - i0 + 1, j1 - j0 + 1
+  top, left = p - i0 * dilation, p - j0 * dilation
+  bottom = (ho - 1) * stride + dilation * (kh - 1) + 1 - h - top
+  right = (wo - 1) * stride + dilation * (kw - 1) + 1 - w - left
+  if (kh, kw) == (k, k) or min(top, bottom, left, right) < 0:
+    return _conv_matmul_grads(x, kernel, stride, dilation, _symmetric(p))
+  cropped = kernel[i0:i1 + 1, j0:j1 + 1]
+  if (kh, kw, stride, top, bottom, left, right) == (1, 1, 1, 0, 0, 0, 0):
+    return dense(x, cropped[0, 0])
+  return _conv_matmul_grads(x, cropped, stride, dilation, ((top, bottom), (left, right)))
 
 
 # --- 1x1 convolution ------------------------------------------------------------------------
