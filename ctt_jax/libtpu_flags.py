@@ -1,6 +1,6 @@
 """libtpu flags the project sets by default (libtpu reads LIBTPU_INIT_ARGS once, when the
 TPU backend starts, so call `add_defaults()` before the first jax computation; main.py
-does, and the TPU compile table does for its children).
+and ctt_jax.tpu_compile do at import).
 
 - `--fibers_default_thread_stack_size=8388608` (8 MiB): libtpu 0.0.42.1 (the `tpu` extra
   of jax 0.10.2) compiles on fiber threads with ~64 KiB of stack. For TPU v6e its MXU

@@ -72,7 +72,7 @@ def main_rows() -> list[dict[str, Any]]:
   rows = [row(CITYSCAPES, 'v5e:2x4', dtype='float32', per_chip_batch=1),
           row(CITYSCAPES, 'v5e:2x4', dtype='bfloat16', per_chip_batch=2),
           row(CITYSCAPES, 'v4:2x2x1', dtype='bfloat16', per_chip_batch=2)]
-  # 2. The same on the other slices (v6e fails inside libtpu 0.10.2: docs/TPU.md).
+  # 2. The same on the other slices (v6e needs ctt_jax/libtpu_flags: docs/TPU.md).
   for topology in ('v5p:2x2x1', MULTI_HOST, 'v6e:2x4'):
     rows.append(row(CITYSCAPES, topology, dtype='bfloat16', per_chip_batch=2))
   # 3. The supervised baseline, the other two paper configs, the paper's eval step.
@@ -227,10 +227,8 @@ def compile_row(r: dict[str, Any]) -> dict[str, Any]:
 def run_in_child(r: dict[str, Any], timeout_s: float) -> dict[str, Any]:
   # Compile-only libtpu touches no chip: let it load beside another libtpu process (its
   # lockfile otherwise allows one per machine, e.g. no CI check while the table runs).
-  sys.path.insert(0, ROOT)
-  from ctt_jax import libtpu_flags  # pylint: disable=g-import-not-at-top
+  # (libtpu's own flags: the child's import of ctt_jax.tpu_compile sets them.)
   env = dict(os.environ, ALLOW_MULTIPLE_LIBTPU_LOAD='1')
-  libtpu_flags.add_defaults(env)  # v6e's compiler needs deeper stacks (ctt_jax/libtpu_flags)
   proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--one', json.dumps(r)],
                         capture_output=True, text=True, timeout=timeout_s, cwd=ROOT, env=env)
   lines = [l for l in proc.stdout.splitlines() if l.startswith('{')]
