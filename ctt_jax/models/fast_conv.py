@@ -105,8 +105,8 @@ def transposed(x2: jax.Array) -> jax.Array:
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
-def _out_size(n: int, k: int, stride: int, dilation: int, pad_lo: int, pad_hi: int) -> int:
-  return (n + pad_lo + pad_hi - dilation * (k - 1) - 1) // stride + 1
+def _out_size(n: int, k: int, stride: int, dilation: int, pad: int) -> int:
+  return (n + 2 * pad - dilation * (k - 1) - 1) // stride + 1
 
 
 def _symmetric(padding: int) -> Pads:
@@ -235,7 +235,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, dilation: int = 1,
   """
   k = kernel.shape[0]
   (h, w), p = x.shape[1:3], padding
-  ho, wo = _out_size(h, k, stride, dilation, p, p), _out_size(w, k, stride, dilation, p, p)
+  ho, wo = _out_size(h, k, stride, dilation, p), _out_size(w, k, stride, dilation, p)
   (i0, i1), (j0, j1) = (real_taps(h, ho, k, stride, dilation, p),
                         real_taps(w, wo, k, stride, dilation, p))
   kh, kw = i1 - i0 + 1, j1 - j0 + 1
