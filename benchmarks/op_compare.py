@@ -1,5 +1,6 @@
 """Where the supervised step's time goes, ctt-jax against PyTorch, op group by op group,
-on ONE thread, by CPU time.
+on ONE thread, by CPU time (`--threads 2`: wall clock on two CPUs; XLA then runs its
+convolutions and matmuls asynchronously, so their profiled times no longer measure them).
 
     python benchmarks/op_compare.py --size 64x128 --out benchmarks/results/op_compare_64x128
     python benchmarks/op_compare.py --size 256x512 --steps 5 --profile_steps 2 \
@@ -73,6 +74,9 @@ def parse_args():
   parser.add_argument('--steps', type=int, default=7, help='alternating timed steps')
   parser.add_argument('--profile_steps', type=int, default=3)
   parser.add_argument('--cpu', type=int, default=-1, help='CPU to pin to (-1: first)')
+  parser.add_argument('--threads', type=int, default=1,
+                      help='CPUs (from --cpu on) and torch threads; above 1 every time is '
+                           'wall clock, so the groups show which ops do not scale')
   parser.add_argument('--top', type=int, default=4, help='ops listed per group')
   parser.add_argument('--out', default='', help='results path without extension')
   parser.add_argument('--malloc_keep', action='store_true',
@@ -102,9 +106,15 @@ def malloc_keep() -> None:
 
 if ARGS.malloc_keep:
   malloc_keep()
-_cpu = ARGS.cpu if ARGS.cpu >= 0 else sorted(os.sched_getaffinity(0))[0]
-os.sched_setaffinity(0, [_cpu])
-ARGS.timing = 'cpu'  # one thread: CPU time is the step's work, whatever the others do
+_allowed = sorted(os.sched_getaffinity(0))
+_cpu = ARGS.cpu if ARGS.cpu >= 0 else _allowed[0]
+_cpus = _allowed[_allowed.index(_cpu):][:ARGS.threads]
+if len(_cpus) < ARGS.threads:
+  sys.exit(f'--threads={ARGS.threads}: only {len(_cpus)} CPUs from CPU {_cpu} on may be used.')
+os.sched_setaffinity(0, _cpus)
+# One thread: CPU time is the step's work, whatever the others do. More: wall clock.
+ARGS.timing = 'cpu' if ARGS.threads == 1 else 'wall'
+_clock = time.process_time if ARGS.threads == 1 else time.perf_counter
 GUARD = lg.LoadGuard(ARGS.others_threshold, ARGS.priority)
 GUARD.enforce_priority('start')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
@@ -120,7 +130,7 @@ from benchmarks import bench_utils as bu
 from benchmarks import profile_step
 from benchmarks import torch_step
 
-torch.set_num_threads(1)
+torch.set_num_threads(ARGS.threads)
 
 
 # --- ctt-jax: HLO instructions -> groups --------------------------------------------------
@@ -220,9 +230,9 @@ def profile_jax(step, steps: int) -> dict:
   cpu = [0.0]
 
   def run():  # CPU time of the steps only, not of the trace's export
-    start = time.process_time()
+    start = _clock()
     step.run()
-    cpu[0] += time.process_time() - start
+    cpu[0] += _clock() - start
   totals = profile_step.profile(run, steps)
   cpu = cpu[0] / steps
   per_op = {n: t / steps for n, t in totals.items()
@@ -323,10 +333,10 @@ def profile_torch(run, steps: int) -> dict:
   cpu = 0.0
   with profile(activities=[ProfilerActivity.CPU]) as prof:
     for _ in range(steps):
-      start = time.process_time()
+      start = _clock()
       with record_function('torch_step'):
         run()
-      cpu += time.process_time() - start
+      cpu += _clock() - start
   cpu /= steps
   groups = collections.Counter()
   top = collections.defaultdict(collections.Counter)
@@ -379,7 +389,7 @@ def main():
   bu.log(f'{ARGS.size}: compiled in {jax_step.compile_s:.0f} s, {params:,} parameters')
 
   section = GUARD.sample()
-  timed = bu.alternate({'jax': jax_step, 'torch': torch_run}, ARGS.steps, GUARD, 'cpu')
+  timed = bu.alternate({'jax': jax_step, 'torch': torch_run}, ARGS.steps, GUARD, ARGS.timing)
   faults = {name: rusage_step(r) for name, r in (('jax', jax_step), ('torch', torch_run))}
   bu.log(f'one more step each: {faults}')
   start = GUARD.sample()
@@ -408,7 +418,7 @@ def main():
                   'xla_flags': os.environ.get('XLA_FLAGS', ''),
                   'torch_threads': torch.get_num_threads()},
       'load_average': [load_start, os.getloadavg()], 'section': section,
-      'protocol': {**GUARD.summary(), 'timing': 'cpu'},
+      'protocol': {**GUARD.summary(), 'timing': ARGS.timing}, 'threads': ARGS.threads,
       'whole_step': {k: {kk: v[kk] for kk in ('median_s', 'median_over', 'undisturbed',
                                                'steps', 'times')}
                      for k, v in timed['runners'].items()},
@@ -429,13 +439,20 @@ def main():
     bu.log(f'wrote {out}.json and {out}.md')
 
 
+def _threads_words(r: dict) -> str:
+  n = r.get('threads', 1)
+  return 'one thread' if n == 1 else f'{n} threads (wall clock)'
+
+
 def markdown(r: dict) -> str:
   w = r['whole_step']
   jg, tg = r['jax']['groups'], r['torch']['groups']
   names = list(GROUPS) + sorted((set(jg) | set(tg)) - set(GROUPS))
   lines = [
-      f'# Supervised step by op group, ctt-jax vs PyTorch, {r["size"]}, one thread', '',
-      f'{r["started"]} to {r["finished"]}; {r["machine"]["cpu"]}, pinned to CPU {r["cpu"]}, '
+      f'# Supervised step by op group, ctt-jax vs PyTorch, {r["size"]}, '
+      f'{_threads_words(r)}', '',
+      f'{r["started"]} to {r["finished"]}; {r["machine"]["cpu"]}, pinned to CPU {r["cpu"]}'
+      f'{"" if r.get("threads", 1) == 1 else " and on"}, '
       f'torch threads {r["machine"]["torch_threads"]}; jax {r["machine"]["jax"]}, torch '
       f'{r["machine"]["torch"]}; model.conv_impl={r["conv_impl"]}, head {r["head"]}; '
       f'XLA_FLAGS="{r["machine"]["xla_flags"]}".',
@@ -447,7 +464,7 @@ def markdown(r: dict) -> str:
       f'{r["jax"]["window"]["others_share"]:.1%}, torch profiles '
       f'{r["torch_plain"]["window"]["others_share"]:.1%} / '
       f'{r["torch_split"]["window"]["others_share"]:.1%}).', '',
-      f'Whole step, process CPU time, median of alternating steps: ctt-jax '
+      f'Whole step, {"process CPU time" if r["protocol"]["timing"] == "cpu" else "wall clock"}, median of alternating steps: ctt-jax '
       f'{w["jax"]["median_s"]:.3f} s ({lg.median_note(w["jax"])}), PyTorch '
       f'{w["torch"]["median_s"]:.3f} s ({lg.median_note(w["torch"])}): **{w["ratio"]:.3f}**.',
       '', 'glibc malloc: ' + ('one arena, no mmap, never trim (`--malloc_keep`)'
@@ -474,7 +491,7 @@ def markdown(r: dict) -> str:
   row('subtotal: batch-norm + elementwise', sum(jg.get(g, 0) for g in bnel),
       sum(tg.get(g, 0) for g in bnel), True)
   row('sum of op times', r['jax']['sum_ops_s'], r['torch_plain']['sum_ops_s'], True)
-  row('CPU time of the profiled steps', r['jax']['profiled_cpu_s'],
+  row(('CPU' if r['protocol']['timing'] == 'cpu' else 'wall') + ' time of the profiled steps', r['jax']['profiled_cpu_s'],
       r['torch_plain']['profiled_cpu_s'], True)
   row('outside ops (runtime, profiler)', r['jax']['profiled_cpu_s'] - r['jax']['sum_ops_s'],
       r['torch_plain']['profiled_cpu_s'] - r['torch_plain']['sum_ops_s'])

@@ -96,6 +96,17 @@ def test_input_gradient_with_flipped_activations(height, width, dilation, channe
   _forward_and_gradients_match(x, kernel, 1, dilation, dilation)
 
 
+@pytest.mark.parametrize('height,width,dilation', [(9, 9, 1), (10, 7, 2), (9, 17, 6),
+                                                   (9, 17, 12)])
+def test_kernel_gradient_from_shifted_cotangents(height, width, dilation):
+  # Fewer output than input channels at stride 1: `kernel_grad` shifts dy, not x (the
+  # last case also crops the kernel to its real taps, so the padding is per side).
+  rng = np.random.default_rng(height * 13 + width)
+  x = jnp.asarray(rng.normal(size=(2, height, width, 40)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(3, 3, 40, 16)), jnp.float32)
+  _forward_and_gradients_match(x, kernel, 1, dilation, dilation)
+
+
 def test_patch_conv_is_nn_conv_with_the_same_parameters():
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 9, 10, 3)), jnp.float32)
   ours = fast_conv.PatchConv(4, 3, stride=2, dilation=1, padding=1, use_bias=True)

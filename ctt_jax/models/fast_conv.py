@@ -142,27 +142,60 @@ def taps(x: jax.Array, kernel_hw: tuple[int, int], stride: int, dilation: int, p
   return out
 
 
+def shifted_cotangents(dy: jax.Array, kernel_hw: tuple[int, int], dilation: int, pads: Pads,
+                       in_hw: tuple[int, int]) -> list[jax.Array]:
+  """For a stride-1 convolution, the kh*kw views of dy [B, Ho, Wo, Cout] aligned with the
+  input, each [B, H, W, Cout], (row, col) order: view (i, j) at input pixel q holds dy at
+  output pixel q + (top, left) - (i, j)*d, zero where that pixel does not exist (one pad
+  or crop of dy: `lax.pad` takes negative padding)."""
+  (top, _), (left, _) = pads
+  (h, w), (ho, wo) = in_hw, dy.shape[1:3]
+  out = []
+  for i in range(kernel_hw[0]):
+    for j in range(kernel_hw[1]):
+      r0, c0 = i * dilation - top, j * dilation - left
+      out.append(lax.pad(dy, jnp.zeros((), dy.dtype),
+                         ((0, 0, 0), (r0, h - ho - r0, 0), (c0, w - wo - c0, 0), (0, 0, 0))))
+  return out
+
+
+def _pixel_contraction(a2: jax.Array, b2: jax.Array) -> jax.Array:
+  """a2^T b2 for [K, M] and [K, N]: both operands as they are, the pixel axis K contracted
+  (the dot takes the transposed operand itself; explicit transposes measured no faster)."""
+  return lax.dot_general(a2, b2, (((0,), (0,)), ((), ())))
+
+
 def kernel_grad(x, dy, kernel_hw: tuple[int, int], stride: int, dilation: int, pads: Pads):
   """dW [kh, kw, Cin, Cout]: per tap t, the sum over output pixels of tap_t(x)^T dy.
 
-  x: [B, H, W, Cin]; dy: [B, Ho, Wo, Cout]. dy is transposed once to [Cout, K] and each
-  tap enters as it is: dW_t^T = dy^T [Cout, K] . tap_t [K, Cin], a plain matmul.
+  x: [B, H, W, Cin]; dy: [B, Ho, Wo, Cout]. k*k matmuls over the pixel axis, with the k*k
+  shifted copies made of the narrower operand: the taps of the input (`taps`),
+  dW_t^T = dy^T tap_t(x); or, with stride 1 and Cout < Cin (the ASPP branches, 2048 ->
+  256), the same sum indexed by input pixel, dW_t^T = shift_t(dy)^T x
+  (`shifted_cotangents`): at 256x512 the 9 copies of a branch's input (35 MB each)
+  become 9 copies of its dy (4.4 MB each).
   """
   cout, cin = dy.shape[-1], x.shape[-1]
   kh, kw = kernel_hw
+  if stride == 1 and 16 <= cout < cin:
+    x2 = x.reshape(-1, cin)
+    grads = [_pixel_contraction(view.reshape(-1, cout), x2)
+             for view in shifted_cotangents(dy, kernel_hw, dilation, pads, x.shape[1:3])]
+    return jnp.stack(grads).reshape(kh, kw, cout, cin).transpose(0, 1, 3, 2)
   # Taps depend on x only, so XLA scheduled them early, holding k*k copies of every
   # layer's input through the backward pass (+40% temporary memory); tied to dy they
   # are made when this layer's gradient is.
   x = stored(x, after=dy)
   tap_list = taps(x, kernel_hw, stride, dilation, pads, dy.shape[1:3])
-  dy_t = transposed(dy.reshape(-1, cout))
   if cin < 16:
     # Few input channels (the RGB stem): k*k matmuls of width Cin waste the matmul
     # kernel; one over the concatenated taps [K, k*k*Cin] is faster (54 vs 133 ms for the
     # 7x7 stem at 256x512; XLA's own kernel gradient 72 ms).
     cols = jnp.concatenate(tap_list, axis=-1).reshape(-1, kh * kw * cin)
+    dy_t = transposed(dy.reshape(-1, cout))
     return (dy_t @ cols).reshape(cout, kh, kw, cin).transpose(1, 2, 3, 0)
-  grads = [dy_t @ tap.reshape(-1, cin) for tap in tap_list]  # [Cout, Cin] each
+  dy2 = dy.reshape(-1, cout)
+  grads = [_pixel_contraction(dy2, tap.reshape(-1, cin)) for tap in tap_list]  # [Cout, Cin]
   return jnp.stack(grads).reshape(kh, kw, cout, cin).transpose(0, 1, 3, 2)
 
 
@@ -170,25 +203,41 @@ def _flip_hw(a: jax.Array) -> jax.Array:
   return lax.rev(a, (1, 2))
 
 
-def input_grad(x, kernel, dy, stride: int, dilation: int, pads: Pads):
-  """dx of `xla_conv(x, kernel, stride, dilation, pads)`.
+def _transposed_conv_padding(n_in: int, n_out: int, k: int, stride: int, dilation: int,
+                             pads: tuple[int, int]) -> tuple[int, int]:
+  """Padding of dy (dilated by the stride) for the correlation with the flipped kernel
+  that gives dx of one spatial axis (as jax's own convolution transpose)."""
+  span = dilation * (k - 1) + 1
+  before = span - pads[0] - 1
+  return before, n_in + span - 1 - ((n_out - 1) * stride + 1) - before
 
-  XLA's own transposed convolution (jax.vjp) first builds reverse(W) with in/out swapped,
-  one loop fusion over the weight at ~1 GB/s: 0.13-0.15 s of a DeepLabV2-R101 step at any
-  image size (benchmarks/op_compare.py). For a stride-1 'same' convolution with a square
-  kernel, dx = flip_hw(conv(flip_hw(dy), W with in/out swapped)) instead: correlating with
-  the flipped kernel is flipping the correlation of the flipped signal, so the weight only
-  takes a plain transpose and the activations two flips. Used where the weight is the
-  larger operand, B*H*W*(Cin+Cout) < kh*kw*Cin*Cout (layer3-4 and the head at 64x128; no
-  layer at 256x512, where it measured neutral); elsewhere jax.vjp.
+
+def input_grad(x, kernel, dy, stride: int, dilation: int, pads: Pads):
+  """dx of `xla_conv(x, kernel, stride, dilation, pads)`: dy correlated with the kernel
+  flipped in space, in/out swapped.
+
+  jax.vjp leaves the flip to XLA, which builds reverse(W) with in/out swapped in one loop
+  fusion over the weight at ~1 GB/s: 0.13-0.16 s of a DeepLabV2-R101 step at any image
+  size (benchmarks/op_compare.py). Here the flip is a copy of whole [Cin, Cout] slabs and
+  the swap a separate transpose: the supervised DeepLabV2-R101 step at 256x512 took 2.2%
+  less time than with jax.vjp (9.91 vs 10.14 s, alternating, 2 threads), though XLA still
+  transposes the ASPP weights at ~1 GB/s. For a stride-1 'same' convolution
+  with a square kernel whose weight is the larger operand, B*H*W*(Cin+Cout) <
+  kh*kw*Cin*Cout (layer3-4 and the head at 64x128), the activations are flipped instead:
+  dx = flip_hw(conv(flip_hw(dy), W with in/out swapped)), since correlating with the
+  flipped kernel is flipping the correlation of the flipped signal.
   """
   kh, kw, cin, cout = kernel.shape
   b, h, w, _ = x.shape
   same = pads == _symmetric(pads[0][0]) and kh == kw and 2 * pads[0][0] == dilation * (kh - 1)
   if stride == 1 and same and b * h * w * (cin + cout) < kh * kw * cin * cout:
     return _flip_hw(xla_conv(_flip_hw(dy), jnp.swapaxes(kernel, 2, 3), 1, dilation, pads))
-  _, vjp = jax.vjp(lambda x_: xla_conv(x_, kernel, stride, dilation, pads), x)
-  return vjp(dy)[0]
+  flipped = stored(lax.rev(kernel, (0, 1))).swapaxes(2, 3)  # [kh, kw, Cout, Cin]
+  padding = [_transposed_conv_padding(n, m, k, stride, dilation, p)
+             for n, m, k, p in zip((h, w), dy.shape[1:3], (kh, kw), pads)]
+  return lax.conv_general_dilated(dy, flipped, (1, 1), padding, lhs_dilation=(stride, stride),
+                                  rhs_dilation=(dilation, dilation),
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
