@@ -3,7 +3,12 @@
     python benchmarks/conv_impl_compare.py --size 256x512 --variants xla,im2col,auto
     python benchmarks/conv_impl_compare.py --size 128x256 --variants auto,auto:bfloat16
 
-A variant is `conv_impl[:dtype]`. Steps of the variants alternate (one untimed step each,
+    python benchmarks/conv_impl_compare.py --size 128x256 --variants auto@9ae05e6,auto --torch
+
+A variant is `conv_impl[:dtype][@git revision]`: with a revision, `ctt_jax/models/fast_conv.py`
+as of that commit stands in for today's while the step is traced (A/B of a fast_conv
+change in one process; the rest of the code is today's). `--torch` adds PyTorch's step of
+the same network to the rotation. Steps of the variants alternate (one untimed step each,
 then `--steps` rounds), so a change of machine load hits every variant alike; the ratio
 to the first variant is the number to read. The load protocol of step_benchmark.py
 applies (benchmarks/load_guard.py: `--priority`, `--others_threshold`, `--strict`,
@@ -13,11 +18,15 @@ twice (e.g. with XLA_FLAGS=...) on a quiet machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import subprocess
 import sys
+import types
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 # What main.py runs with (ctt_jax/xla_cpu_flags.py); a flag set in XLA_FLAGS wins.
 from ctt_jax import xla_cpu_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 xla_cpu_flags.add_defaults()
@@ -38,8 +47,47 @@ def parse_args():
   parser.add_argument('--method', default='supervised')
   parser.add_argument('--threads', type=int, default=0,
                       help='CPUs the process may use, i.e. XLA:CPU threads (0: all)')
+  parser.add_argument('--torch', action='store_true',
+                      help="PyTorch's step of the same network alternates with the variants")
   lg.add_protocol_args(parser)
   return parser.parse_args()
+
+
+def fast_conv_at(revision: str) -> types.ModuleType:
+  """ctt_jax/models/fast_conv.py as of git `revision`, as a module of its own."""
+  try:
+    source = subprocess.run(
+        ['git', '-C', ROOT, 'show', f'{revision}:ctt_jax/models/fast_conv.py'],
+        check=True, capture_output=True, text=True).stdout
+  except subprocess.CalledProcessError as e:
+    sys.exit(f'Variant @{revision}: git cannot show ctt_jax/models/fast_conv.py at that '
+             f'revision ({e.stderr.strip()}); name a commit of this repository.')
+  module = types.ModuleType(f'fast_conv_at_{revision}')
+  sys.modules[module.__name__] = module  # flax's dataclasses look their module up
+  exec(compile(source, f'{revision}:ctt_jax/models/fast_conv.py', 'exec'), module.__dict__)
+  return module
+
+
+@contextlib.contextmanager
+def fast_conv_replaced_by(module: types.ModuleType | None):
+  """Every name of `module` stands in for today's in ctt_jax.models.fast_conv (the models
+  look its functions up at trace time)."""
+  from ctt_jax.models import fast_conv  # pylint: disable=g-import-not-at-top
+  if module is None:
+    yield
+    return
+  today = dict(vars(fast_conv))
+  names = [n for n in vars(module) if not n.startswith('__')]
+  for name in names:
+    setattr(fast_conv, name, getattr(module, name))
+  try:
+    yield
+  finally:
+    for name in names:
+      if name in today:
+        setattr(fast_conv, name, today[name])
+      else:
+        delattr(fast_conv, name)
 
 
 def main():
@@ -54,14 +102,26 @@ def main():
   args.head = args.head or bu.default_head()
   size, s = bu.network_args(args)
   runners = {}
+  pairs = 1 if args.method == 'supervised' else 2
   for variant in args.variants.split(','):
-    impl, _, dtype = variant.partition(':')
-    pairs = 1 if args.method == 'supervised' else 2
-    config = bu.make_config(s, args.method, pairs, impl)
+    spec, _, revision = variant.partition('@')
+    impl, _, dtype = spec.partition(':')
+    config = bu.make_config(s, args.method, pairs, impl,
+                            **({'supervised_ema': False} if args.torch else {}))
     config.model.dtype = dtype or 'float32'
-    runners[variant] = bu.JaxStep(config, size, fill_banks=True, model_flops=False)
+    with fast_conv_replaced_by(fast_conv_at(revision) if revision else None):
+      runners[variant] = bu.JaxStep(config, size, fill_banks=True, model_flops=False)
     bu.log(f'{variant}: compiled in {runners[variant].compile_s:.0f}s, XLA memory '
-           f'{runners[variant].memory["total"] / 2**20:.0f} MiB')
+           f'{runners[variant].memory["total"] / 2**20:.0f} MiB (temporaries '
+           f'{runners[variant].memory["temp_size"] / 2**20:.0f} MiB)')
+  if args.torch:
+    if args.method != 'supervised':
+      sys.exit('--torch compares the supervised step only; drop --method or --torch.')
+    import torch  # pylint: disable=g-import-not-at-top
+    from benchmarks import torch_step  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    runners['torch'] = torch_step.TorchStep(config, size, seed=0)
+    torch_step.assert_same_network(config, runners['torch'].net)
   start = guard.sample()
   t = bu.alternate(runners, args.steps, guard, args.timing)
   report(args, t, guard.shares(start, guard.sample()), guard)
