@@ -21,6 +21,7 @@ NHWC / HWIO arrays up to summation order (a `jax.custom_vjp`):
   input grad      dx  = conv_transpose(dy, W')           XLA's, or with the activations
                                                          flipped (`input_grad`)
   kernel grad     dW_t = (dy^T [Cout, K] . tap_t(x) [K, Cin])^T  k*k matmuls, K = B*Ho*Wo
+                  (stride 1, Cout < Cin: shift_t(dy) against x instead, `kernel_grad`)
 
 W' is W without the taps that read only zero padding (`conv2d`; e.g. large dilations on a
 small map); where no tap is dropped the forward values are XLA's, bit for bit.
