@@ -154,6 +154,13 @@ def test_out_of_hbm_message_becomes_a_row():
   assert tpu_compile.out_of_hbm('INVALID_ARGUMENT: something else') is None
 
 
+def test_a_failed_compile_process_is_named():
+  assert 'OOM killer' in table.how_it_ended(-9)
+  assert table.how_it_ended(-11) == 'was killed by SIGSEGV'
+  assert table.how_it_ended(1) == 'exited with status 1'
+  assert table.how_it_ended(0) == 'printed no result line'
+
+
 def test_table_appends_rows_and_resumes(tmp_path):
   path = str(tmp_path / 'results' / 'tpu_compile.json')
   rows = table.main_rows()
