@@ -189,7 +189,7 @@ class JaxStep:
   """The jitted, state-donating ctt-jax train step on a random state and batch."""
 
   def __init__(self, config, size, fill_banks: bool = False, model_flops: bool = True,
-               make_step=train_step.make_train_step, compiler_options=None):
+               make_step=train_step.make_train_step):
     model = models.get_model(config.model, config.num_classes)
     self.state = random_state(config, model, size, fill_banks)
     self.batch = jax.device_put(make_batch(size, config.num_classes))
@@ -197,7 +197,7 @@ class JaxStep:
     rng = jax.random.key(0)
     start = time.perf_counter()
     self.compiled = jax.jit(step, donate_argnums=0).lower(self.state, self.batch,
-                                                          rng).compile(compiler_options)
+                                                          rng).compile()
     self.compile_s = time.perf_counter() - start
     self.memory = memory_stats(self.compiled)
     self.compiled_flops = flops_of(self.compiled)

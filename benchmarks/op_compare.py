@@ -464,7 +464,8 @@ def markdown(r: dict) -> str:
       f'{r["jax"]["window"]["others_share"]:.1%}, torch profiles '
       f'{r["torch_plain"]["window"]["others_share"]:.1%} / '
       f'{r["torch_split"]["window"]["others_share"]:.1%}).', '',
-      f'Whole step, {"process CPU time" if r["protocol"]["timing"] == "cpu" else "wall clock"}, median of alternating steps: ctt-jax '
+      f'Whole step, {"process CPU time" if r["protocol"]["timing"] == "cpu" else "wall clock"}'
+      f', median of alternating steps: ctt-jax '
       f'{w["jax"]["median_s"]:.3f} s ({lg.median_note(w["jax"])}), PyTorch '
       f'{w["torch"]["median_s"]:.3f} s ({lg.median_note(w["torch"])}): **{w["ratio"]:.3f}**.',
       '', 'glibc malloc: ' + ('one arena, no mmap, never trim (`--malloc_keep`)'
@@ -491,7 +492,8 @@ def markdown(r: dict) -> str:
   row('subtotal: batch-norm + elementwise', sum(jg.get(g, 0) for g in bnel),
       sum(tg.get(g, 0) for g in bnel), True)
   row('sum of op times', r['jax']['sum_ops_s'], r['torch_plain']['sum_ops_s'], True)
-  row(('CPU' if r['protocol']['timing'] == 'cpu' else 'wall') + ' time of the profiled steps', r['jax']['profiled_cpu_s'],
+  clock = 'CPU' if r['protocol']['timing'] == 'cpu' else 'wall'
+  row(f'{clock} time of the profiled steps', r['jax']['profiled_cpu_s'],
       r['torch_plain']['profiled_cpu_s'], True)
   row('outside ops (runtime, profiler)', r['jax']['profiled_cpu_s'] - r['jax']['sum_ops_s'],
       r['torch_plain']['profiled_cpu_s'] - r['torch_plain']['sum_ops_s'])

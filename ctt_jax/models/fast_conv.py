@@ -114,9 +114,10 @@ def _symmetric(padding: int) -> Pads:
   return ((padding, padding), (padding, padding))
 
 
-def xla_conv(x, kernel, stride: int, dilation: int, pads: Pads):
+def xla_conv(x, kernel, stride: int, dilation: int, pads: Pads, lhs_dilation: int = 1):
   """lax.conv_general_dilated, NHWC / HWIO, zero padding per side."""
   return lax.conv_general_dilated(x, kernel, (stride, stride), pads,
+                                  lhs_dilation=(lhs_dilation, lhs_dilation),
                                   rhs_dilation=(dilation, dilation),
                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
@@ -234,11 +235,9 @@ def input_grad(x, kernel, dy, stride: int, dilation: int, pads: Pads):
   if stride == 1 and same and b * h * w * (cin + cout) < kh * kw * cin * cout:
     return _flip_hw(xla_conv(_flip_hw(dy), jnp.swapaxes(kernel, 2, 3), 1, dilation, pads))
   flipped = stored(lax.rev(kernel, (0, 1))).swapaxes(2, 3)  # [kh, kw, Cout, Cin]
-  padding = [_transposed_conv_padding(n, m, k, stride, dilation, p)
-             for n, m, k, p in zip((h, w), dy.shape[1:3], (kh, kw), pads)]
-  return lax.conv_general_dilated(dy, flipped, (1, 1), padding, lhs_dilation=(stride, stride),
-                                  rhs_dilation=(dilation, dilation),
-                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  padding = tuple(_transposed_conv_padding(n, m, k, stride, dilation, p)
+                  for n, m, k, p in zip((h, w), dy.shape[1:3], (kh, kw), pads))
+  return xla_conv(dy, flipped, 1, dilation, padding, lhs_dilation=stride)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
