@@ -530,6 +530,10 @@ def collect(grid_dir: str, planned: list[Run], config_arg_of, total_steps_of_arg
           per_class_iou=entry['per_class_iou'],
           best_network=last.get('best'),
           best_miou=last[last['best']]['miou'] if last.get('best') in last else None,
+          # Every network's mIoU at that evaluation (students and teachers), so a gap
+          # between a method's networks is in the record, not only in the run's log.
+          network_miou={name: v['miou'] for name, v in last.items()
+                        if isinstance(v, dict) and 'miou' in v},
           curve=[[s, r[REPORTED_NETWORK]['miou']] for s, r in curve])
     pseudo = read_pseudo_iou(workdir) if os.path.isdir(workdir) else {}
     if pseudo:
@@ -647,6 +651,19 @@ def write_markdown(records: list[dict], path: str, *, base_seed: int,
               'Same labeled subset, another initialisation and data order: the spread here '
               'is the noise a difference between subsets has to exceed.', '']
     lines += _difference_table(rows, stats, 'seed', 'seed')
+
+  several = [r for r in records if len(r.get('network_miou') or {}) > 1]
+  if several:
+    networks = sorted({n for r in several for n in r['network_miou']})
+    lines += ['', '## Every network at the last evaluation', '',
+              f'mIoU (%) on the val images; the grid reports {REPORTED_NETWORK}, fixed in '
+              'advance.', '',
+              '| method | subset | seed | step | ' + ' | '.join(networks) + ' |',
+              '|---|---|---|---|' + '---|' * len(networks)]
+    for r in several:
+      m = r['network_miou']
+      lines.append(f'| {r["method"]} | {r["partition_seed"]} | {r["seed"]} | {r["steps"]} | '
+                   + ' | '.join(_pct(m.get(n)) for n in networks) + ' |')
 
   pseudo = [r for r in records if r.get('pseudo_iou')]
   if pseudo:

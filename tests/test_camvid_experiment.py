@@ -137,6 +137,7 @@ def test_collect_finished_and_partial(script, tmp_path):
   assert (done['finished'], done['steps'], done['miou'], done['status']) == (
       True, 10, 0.45, 'finished')
   assert (done['best_network'], done['best_miou']) == ('student_0', 0.5)
+  assert done['network_miou'] == {'teacher_0': 0.45, 'student_0': 0.5}
   assert done['curve'] == [[5, 0.2], [10, 0.45]]
   assert done['per_class_iou'] == {'sky': pytest.approx(0.55), 'pole': None}
   part = keyed['ctt', 1]
@@ -361,6 +362,14 @@ def test_paired_differences_hand_computed(script, tmp_path):
   assert '| 1 | 43.00 | - | - | 42.00 | -1.00 | - | - |' in md
   assert '| ctt | 3 | 0 | partial | 50 / 100 | 50.00 |' in md
   assert '](c.png)' in md and 'Pseudo-label' not in md
+  assert 'Every network' not in md  # no record has more than one network
+
+  records[0]['network_miou'] = {'teacher_0': 0.45, 'teacher_1': 0.475}
+  md = script.write_markdown(records, str(tmp_path / 'grid.md'), base_seed=0,
+                             seed_study_partition=0)
+  assert '| method | subset | seed | step | teacher_0 | teacher_1 |' in md
+  assert (f'| {records[0]["method"]} | {records[0]["partition_seed"]} | '
+          f'{records[0]["seed"]} | {records[0]["steps"]} | 45.00 | 47.50 |') in md
 
 
 def test_plot_written(script, tmp_path):
