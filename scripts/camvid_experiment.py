@@ -606,6 +606,21 @@ def _difference_table(rows: list[dict], stats: dict, by: str, label: str) -> lis
   return lines
 
 
+def _network_table(title: str, intro: str, records: list[dict], values_of, step_of
+                   ) -> list[str]:
+  """A markdown section: one row per record, one column per network; values_of(record)
+  -> {network: mIoU in 0..1}, step_of(record) -> the step the values are from."""
+  networks = sorted({n for r in records for n in values_of(r)})
+  lines = ['', f'## {title}', '', intro, '',
+           '| method | subset | seed | step | ' + ' | '.join(networks) + ' |',
+           '|---|---|---|---|' + '---|' * len(networks)]
+  for r in records:
+    values = values_of(r)
+    lines.append(f'| {r["method"]} | {r["partition_seed"]} | {r["seed"]} | {step_of(r)} | '
+                 + ' | '.join(_pct(values.get(n)) for n in networks) + ' |')
+  return lines
+
+
 def write_markdown(records: list[dict], path: str, *, base_seed: int,
                    seed_study_partition: int, plot_path: Optional[str] = None,
                    command: str = '') -> str:
@@ -654,31 +669,18 @@ def write_markdown(records: list[dict], path: str, *, base_seed: int,
 
   several = [r for r in records if len(r.get('network_miou') or {}) > 1]
   if several:
-    networks = sorted({n for r in several for n in r['network_miou']})
-    lines += ['', '## Every network at the last evaluation', '',
-              f'mIoU (%) on the val images; the grid reports {REPORTED_NETWORK}, fixed in '
-              'advance.', '',
-              '| method | subset | seed | step | ' + ' | '.join(networks) + ' |',
-              '|---|---|---|---|' + '---|' * len(networks)]
-    for r in several:
-      m = r['network_miou']
-      lines.append(f'| {r["method"]} | {r["partition_seed"]} | {r["seed"]} | {r["steps"]} | '
-                   + ' | '.join(_pct(m.get(n)) for n in networks) + ' |')
-
+    lines += _network_table(
+        'Every network at the last evaluation',
+        f'mIoU (%) on the val images; the grid reports {REPORTED_NETWORK}, fixed in advance.',
+        several, lambda r: r['network_miou'], lambda r: r['steps'])
   pseudo = [r for r in records if r.get('pseudo_iou')]
   if pseudo:
-    networks = sorted({n for r in pseudo for n in r['pseudo_iou']})
-    lines += ['', '## Pseudo-label mIoU on the unlabeled images', '',
-              'Last logged value of `train/pseudo_iou/...` (each teacher\'s pseudo-labels '
-              'against the unlabeled images\' ground truth), mIoU (%).', '',
-              '| method | subset | seed | step | ' + ' | '.join(networks) + ' |',
-              '|---|---|---|---|' + '---|' * len(networks)]
-    for r in pseudo:
-      p = r['pseudo_iou']
-      step = max(v['step'] for v in p.values())
-      lines.append(f'| {r["method"]} | {r["partition_seed"]} | {r["seed"]} | {step} | '
-                   + ' | '.join(_pct(p[n]['miou']) if n in p else '-' for n in networks)
-                   + ' |')
+    lines += _network_table(
+        'Pseudo-label mIoU on the unlabeled images',
+        'Last logged value of `train/pseudo_iou/...` (each teacher\'s pseudo-labels against '
+        'the unlabeled images\' ground truth), mIoU (%).',
+        pseudo, lambda r: {n: v['miou'] for n, v in r['pseudo_iou'].items()},
+        lambda r: max(v['step'] for v in r['pseudo_iou'].values()))
   if plot_path:
     rel = os.path.relpath(plot_path, os.path.dirname(os.path.abspath(path)))
     lines += ['', f'![{REPORTED_NETWORK} val mIoU against step, a panel per subset]({rel})']
