@@ -40,8 +40,18 @@ CASES = [  # (height, width, ksize, stride, dilation)
 ]
 
 
+@pytest.fixture(params=['split', 'unsplit'])
+def split_padding(request, monkeypatch):
+  """Each case with and without the per-kernel-row split of `conv2d` (off: a share above
+  1 is never reached)."""
+  if request.param == 'unsplit':
+    monkeypatch.setattr(fast_conv, 'SPLIT_PADDING_SHARE', 1.1)
+  return request.param
+
+
 @pytest.mark.parametrize('height,width,ksize,stride,dilation', CASES)
-def test_values_and_gradients_equal_lax_conv(height, width, ksize, stride, dilation):
+def test_values_and_gradients_equal_lax_conv(height, width, ksize, stride, dilation,
+                                             split_padding):
   rng = np.random.default_rng(height * 100 + width)
   padding = dilation * (ksize - 1) // 2  # PyTorch-style symmetric padding
   x = jnp.asarray(rng.normal(size=(2, height, width, 5)), jnp.float32)
@@ -76,7 +86,8 @@ def _forward_and_gradients_match(x, kernel, stride, dilation, padding):
     (9, 17, 24, ((1, 1), (1, 1))),
     (4, 30, 6, ((1, 1), (0, 2))),
     (17, 33, 18, ((1, 1), (0, 2)))])
-def test_taps_that_read_only_padding_are_dropped(height, width, dilation, real):
+def test_taps_that_read_only_padding_are_dropped(height, width, dilation, real,
+                                                split_padding):
   assert (fast_conv.real_taps(height, height, 3, 1, dilation, dilation),
           fast_conv.real_taps(width, width, 3, 1, dilation, dilation)) == real
   rng = np.random.default_rng(height * 7 + width)
@@ -87,7 +98,9 @@ def test_taps_that_read_only_padding_are_dropped(height, width, dilation, real):
 
 @pytest.mark.parametrize('height,width,dilation,channels', [(3, 5, 1, 64), (4, 4, 2, 48),
                                                             (9, 17, 4, 256)])
-def test_input_gradient_with_flipped_activations(height, width, dilation, channels):
+def test_input_gradient_with_flipped_activations(height, width, dilation, channels,
+                                                 monkeypatch):
+  monkeypatch.setattr(fast_conv, 'SPLIT_PADDING_SHARE', 1.1)  # this path, not the split
   # Weights larger than the activations: `input_grad` flips dy instead of the kernel.
   assert 2 * height * width * (2 * channels + 8) < 9 * channels * (channels + 8)
   rng = np.random.default_rng(height * 11 + width)
@@ -98,13 +111,47 @@ def test_input_gradient_with_flipped_activations(height, width, dilation, channe
 
 @pytest.mark.parametrize('height,width,dilation', [(9, 9, 1), (10, 7, 2), (9, 17, 6),
                                                    (9, 17, 12)])
-def test_kernel_gradient_from_shifted_cotangents(height, width, dilation):
+def test_kernel_gradient_from_shifted_cotangents(height, width, dilation, monkeypatch):
+  monkeypatch.setattr(fast_conv, 'SPLIT_PADDING_SHARE', 1.1)  # this path, not the split
   # Fewer output than input channels at stride 1: `kernel_grad` shifts dy, not x (the
   # last case also crops the kernel to its real taps, so the padding is per side).
   rng = np.random.default_rng(height * 13 + width)
   x = jnp.asarray(rng.normal(size=(2, height, width, 40)), jnp.float32)
   kernel = jnp.asarray(rng.normal(size=(3, 3, 40, 16)), jnp.float32)
   _forward_and_gradients_match(x, kernel, 1, dilation, dilation)
+
+
+@pytest.mark.parametrize('n_in,n_out,k,dilation,before', [
+    (33, 33, 3, 24, 24), (33, 33, 3, 6, 6), (9, 9, 3, 6, 6), (10, 10, 3, 1, 1),
+    (17, 15, 3, 12, 11), (8, 12, 3, 2, 3)])
+def test_padding_share_counts_products_with_padding(n_in, n_out, k, dilation, before):
+  padded = sum(not 0 <= r + i * dilation - before < n_in
+               for r in range(n_out) for i in range(k))
+  assert fast_conv.padding_share(n_in, n_out, k, dilation, before) == pytest.approx(
+      padded / (k * n_out))
+
+
+@pytest.mark.parametrize('height,width,dilation,cin,cout,parts', [
+    (11, 40, 4, 24, 8, [(1, 3)] * 3),   # rows (share 0.24; columns 0.07)
+    (21, 9, 3, 8, 12, [(3, 1)] * 3),    # columns (0.22; rows 0.10)
+    (11, 15, 4, 24, 8, [(1, 3)] * 3),   # rows (0.24; columns 0.18: parts not split again)
+    (9, 17, 6, 16, 16, [(1, 3)] * 3),   # the 64x128 ASPP branch of dilation 6
+    (5, 9, 6, 8, 8, [(1, 1)] * 3)])  # cropped to the centre row, then by column
+def test_convolution_split_by_kernel_row_and_column(height, width, dilation, cin, cout,
+                                                    parts, monkeypatch):
+  """Where taps read much zero padding the convolution is a sum of parts over the pixels
+  each reads (kernel shapes of the parts recorded), equal to XLA's."""
+  seen = []
+  matmul_grads, dense = fast_conv._conv_matmul_grads, fast_conv.dense
+  monkeypatch.setattr(fast_conv, '_conv_matmul_grads',
+                      lambda x, k, *a: seen.append(k.shape[:2]) or matmul_grads(x, k, *a))
+  monkeypatch.setattr(fast_conv, 'dense',
+                      lambda x, k: seen.append((1, 1)) or dense(x, k))
+  rng = np.random.default_rng(height * 17 + width)
+  x = jnp.asarray(rng.normal(size=(2, height, width, cin)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(3, 3, cin, cout)), jnp.float32)
+  _forward_and_gradients_match(x, kernel, 1, dilation, dilation)
+  assert seen[:len(parts)] == parts  # the first trace: the forward pass
 
 
 def test_patch_conv_is_nn_conv_with_the_same_parameters():
