@@ -39,17 +39,20 @@ VOC_CLASSIC = 'configs/voc_classic.py:1_16'
 SINGLE_HOST = ('v5e:2x4', 'v4:2x2x1', 'v5p:2x2x1', 'v6e:2x4')
 MULTI_HOST = 'v5e:4x4'
 # What identifies a row: rerunning a row with these values equal is a skip.
+# Rows compiled before 2026-11-30 have no conv_impl: their model.conv_impl='auto' resolved on
+# the compiling CPU to the CPU's convolution graph (tpu_compile.as_on_tpu), so they are not
+# the TPU's step and compile again.
 KEY_FIELDS = ('step', 'topology', 'config', 'method', 'dtype', 'remat', 'per_chip_batch',
-              'overrides')
+              'overrides', 'conv_impl')
 
 
 def row(config: str, topology: str, *, method: str = 'ctt', dtype: str = 'float32',
         per_chip_batch: int = 1, remat: str = '', overrides: str = '',
-        step: str = 'train') -> dict[str, Any]:
+        step: str = 'train', conv_impl: str = 'xla') -> dict[str, Any]:
   """A row to compile (its key fields only)."""
   return {'step': step, 'topology': topology, 'config': config, 'method': method,
           'dtype': dtype, 'remat': remat, 'per_chip_batch': per_chip_batch,
-          'overrides': overrides}
+          'overrides': overrides, 'conv_impl': conv_impl}
 
 
 def row_key(r: dict[str, Any]) -> tuple:
@@ -182,7 +185,8 @@ def config_arg(r: dict[str, Any], num_chips: int) -> tuple[str, str]:
   path, _, arg = r['config'].partition(':')
   parts = [arg] if arg else []
   parts += [method_overrides(r['method']), f"model.dtype={r['dtype']}",
-            f"model.remat={r['remat']}", f"batch_size={r['per_chip_batch'] * num_chips}"]
+            f"model.remat={r['remat']}", f"model.conv_impl={r['conv_impl']}",
+            f"batch_size={r['per_chip_batch'] * num_chips}"]
   if r['overrides']:
     parts.append(r['overrides'])
   return path, ','.join(parts)

@@ -217,7 +217,25 @@ def test_row_config_argument_is_the_global_batch():
   path, arg = table.config_arg(r, num_chips=8)
   assert path == 'configs/cityscapes.py'
   assert arg == ('1_30,method=supervised,num_pairs=1,model.dtype=bfloat16,'
-                 'model.remat=blocks,batch_size=16,bank_size=256')
+                 'model.remat=blocks,model.conv_impl=xla,batch_size=16,bank_size=256')
+
+
+def test_rows_compiled_with_the_cpu_graph_compile_again():
+  # Rows from before conv_impl was recorded were traced with the compiling CPU's graph.
+  rows = table.main_rows()
+  old = {k: v for k, v in rows[0].items() if k != 'conv_impl'}
+  assert list(table.pending(rows, [{**old, 'fits': True}])) == rows
+  assert list(table.pending(rows, [{**rows[0], 'fits': True}])) == rows[1:]
+
+
+def test_auto_convolutions_compile_as_on_the_tpu():
+  from configs import cityscapes  # pylint: disable=g-import-not-at-top
+  config = cityscapes.get_config('1_30')
+  assert config.model.conv_impl == 'auto'
+  assert tpu_compile.as_on_tpu(config).model.conv_impl == 'xla'
+  assert config.model.conv_impl == 'auto'  # the caller's config is not changed
+  explicit = cityscapes.get_config('1_30,model.conv_impl=im2col')
+  assert tpu_compile.as_on_tpu(explicit).model.conv_impl == 'im2col'
 
 
 def test_markdown_table_has_one_line_per_row():
