@@ -42,8 +42,8 @@ CASES = [  # (height, width, ksize, stride, dilation)
 
 @pytest.fixture(params=['split', 'unsplit'])
 def split_padding(request, monkeypatch):
-  """Each case with and without the per-kernel-row split of `conv2d` (off: a share above
-  1 is never reached)."""
+  """Each case as `conv2d` runs it (split by kernel row where `padding_share` reaches the
+  line) and with the split off (a share above 1 is never reached)."""
   if request.param == 'unsplit':
     monkeypatch.setattr(fast_conv, 'SPLIT_PADDING_SHARE', 1.1)
   return request.param
