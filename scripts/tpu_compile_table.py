@@ -41,7 +41,7 @@ MULTI_HOST = 'v5e:4x4'
 # What identifies a row: rerunning a row with these values equal is a skip.
 # Rows compiled before 2026-11-30 have no conv_impl: their model.conv_impl='auto' resolved on
 # the compiling CPU to the CPU's convolution graph (tpu_compile.as_on_tpu), so they are not
-# the TPU's step and compile again.
+# the TPU's step and compile again (they were moved to tpu_compile_cpu_graph.json).
 KEY_FIELDS = ('step', 'topology', 'config', 'method', 'dtype', 'remat', 'per_chip_batch',
               'overrides', 'conv_impl')
 
@@ -367,22 +367,47 @@ def run_and_log(r: dict[str, Any], timeout_s: float) -> dict[str, Any]:
   return result
 
 
+COLLECTIVE_ABBREVIATIONS = (('all-gather', 'ag'), ('all-reduce', 'ar'),
+                            ('reduce-scatter', 'rs'), ('all-to-all', 'a2a'),
+                            ('collective-permute', 'cp'))
+
+
+def collectives_cell(collectives: Optional[dict[str, int]]) -> str:
+  """'2 ag, 13 ar, 3 a2a, 37 cp': the step's collective operations by kind, zeros left out."""
+  if not collectives:
+    return '-'
+  cells = [f'{collectives[kind]} {short}' for kind, short in COLLECTIVE_ABBREVIATIONS
+           if collectives.get(kind)]
+  return ', '.join(cells) or 'none'
+
+
+def per_chip_cell(r: dict[str, Any]) -> str:
+  """The images per chip: '2 + 2' (labeled + unlabeled) for a semi-supervised train row."""
+  p = r['per_chip_batch']
+  if r['step'] == 'eval':
+    return f'{p} image' if p == 1 else f'{p} images'
+  return str(p) if r['method'] == 'supervised' else f'{p} + {p}'
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
   """The results as a README table, one line per compiled row, in file order."""
-  head = ('| slice | config | method | dtype | remat | per chip | extra | step | HBM GiB / chip '
-          '| fits | TFLOP / chip-step | GiB moved | roofline s | bound | all-gathers |')
+  head = ('| slice | config | method | dtype | remat | per chip | extra | step '
+          '| HBM GiB / chip (args + temps) | fits | TFLOP / chip-step '
+          '| GiB moved / chip-step | roofline s | bound | collectives |')
   lines = [head, '|' + '---|' * (head.count('|') - 1)]
   for r in rows:
-    gathers = (r.get('collectives') or {}).get('all-gather', '-')
+    hbm = f"{r['hbm_gib']:.2f}"
+    if r.get('hbm_argument_gib') is not None and r.get('hbm_temp_gib') is not None:
+      hbm += f" ({r['hbm_argument_gib']:.2f} + {r['hbm_temp_gib']:.2f})"
     cells = [r['topology'], r['config'].replace('configs/', ''), r['method'], r['dtype'],
-             r['remat'] or '-', str(r['per_chip_batch']), r['overrides'] or '-', r['step'],
-             f"{r['hbm_gib']:.2f} / {r['hbm_capacity_gib']:g}",
+             r['remat'] or '-', per_chip_cell(r), r['overrides'] or '-', r['step'],
+             f"{hbm} of {r['hbm_capacity_gib']:g}",
              'yes' if r['fits'] else 'NO',
              '-' if r['tflop_per_chip_step'] is None else f"{r['tflop_per_chip_step']:.2f}",
              '-' if r.get('gib_accessed_per_chip_step') is None
              else f"{r['gib_accessed_per_chip_step']:.1f}",
              '-' if r['roofline_s'] is None else f"{r['roofline_s']:.3f}",
-             r['bound'] or '-', str(gathers)]
+             r['bound'] or '-', collectives_cell(r.get('collectives'))]
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 

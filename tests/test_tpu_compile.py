@@ -242,13 +242,20 @@ def test_markdown_table_has_one_line_per_row():
   done = {**table.row(table.CITYSCAPES, 'v5e:2x4', dtype='bfloat16', per_chip_batch=2),
           'hbm_gib': 9.5, 'hbm_capacity_gib': 16, 'fits': True, 'tflop_per_chip_step': 4.2,
           'gib_accessed_per_chip_step': 80.0, 'roofline_s': 0.1, 'bound': 'HBM',
-          'collectives': {'all-gather': 2}}
+          'hbm_argument_gib': 1.5, 'hbm_temp_gib': 6.25,
+          'collectives': {'all-gather': 2, 'all-reduce': 13, 'reduce-scatter': 0,
+                          'collective-permute': 37}}
   refused = {**done, 'fits': False, 'tflop_per_chip_step': None, 'roofline_s': None,
-             'bound': None, 'collectives': None, 'gib_accessed_per_chip_step': None}
-  lines = table.markdown([done, refused]).splitlines()
-  assert len(lines) == 4 and lines[0].count('|') == lines[2].count('|')
-  assert '| 9.50 / 16 | yes | 4.20 | 80.0 | 0.100 | HBM | 2 |' in lines[2]
-  assert '| NO | - | - | - | - | - |' in lines[3]
+             'bound': None, 'collectives': None, 'gib_accessed_per_chip_step': None,
+             'hbm_argument_gib': None}
+  supervised_eval = {**done, 'method': 'supervised', 'step': 'eval', 'per_chip_batch': 1}
+  lines = table.markdown([done, refused, supervised_eval]).splitlines()
+  assert len(lines) == 5 and lines[0].count('|') == lines[2].count('|')
+  assert '| 2 + 2 | - | train |' in lines[2]
+  assert ('| 9.50 (1.50 + 6.25) of 16 | yes | 4.20 | 80.0 | 0.100 | HBM '
+          '| 2 ag, 13 ar, 37 cp |') in lines[2]
+  assert '| 9.50 of 16 | NO | - | - | - | - | - |' in lines[3]
+  assert '| 1 image | - | eval |' in lines[4]
 
 
 def test_settings_are_checked_before_anything_compiles():
