@@ -47,6 +47,34 @@ def pairs_layout(config) -> str:
 
 
 # ----------------------------------------------------------------------------------------
+# The labeled and unlabeled halves of one batch
+# ----------------------------------------------------------------------------------------
+
+
+def join_halves(labeled, unlabeled, axis: int):
+  """[labeled; unlabeled] as one batch along `axis`, interleaved image by image
+  (l0, u0, l1, u1, ...).
+
+  The batch axis is the one sharded over the devices. Interleaving keeps each device's
+  labeled and unlabeled images on it (stack, then a reshape that merges the sharded axis
+  with the new one of size 2), where concatenating would move half of the batch between
+  devices: 30-37 collective-permutes per Cityscapes CTT step on a TPU slice (docs/TPU.md).
+  Batch-norm statistics and the per-pixel losses do not depend on the order.
+  """
+  stacked_halves = jnp.stack([labeled, unlabeled], axis=axis + 1)
+  shape = labeled.shape
+  return stacked_halves.reshape(shape[:axis] + (2 * shape[axis],) + shape[axis + 1:])
+
+
+def split_halves(joined, axis: int):
+  """(labeled, unlabeled): the inverse of `join_halves`."""
+  shape = joined.shape
+  pairs = joined.reshape(shape[:axis] + (shape[axis] // 2, 2) + shape[axis + 1:])
+  return (jax.lax.index_in_dim(pairs, 0, axis + 1, keepdims=False),
+          jax.lax.index_in_dim(pairs, 1, axis + 1, keepdims=False))
+
+
+# ----------------------------------------------------------------------------------------
 # Pseudo-labels and the strong view (SPEC 2, 3)
 # ----------------------------------------------------------------------------------------
 
@@ -137,7 +165,8 @@ def cross_teacher_losses(logits_up, pseudo, ct_weight, teachers_of, ignore_label
 
 
 def contrastive_classes(pred_small, conf_small, labels_small, teachers_of):
-  """Class of each pixel for student k's contrastive terms (SPEC 5): [n, 2B, h, w].
+  """Class of each pixel for student k's contrastive terms (SPEC 5): [n, 2B, h, w], the
+  halves joined as the students' outputs are (`join_halves`).
 
   Ground truth on the labeled half; on the unlabeled half the pseudo-label of the most
   confident network among those that teach student k.
@@ -147,7 +176,7 @@ def contrastive_classes(pred_small, conf_small, labels_small, teachers_of):
     src = jnp.asarray(teachers)
     best = jnp.argmax(conf_small[src], axis=0)
     unlabeled = jnp.take_along_axis(pred_small[src], best[None], axis=0)[0]
-    per_student.append(jnp.concatenate([labels_small, unlabeled], axis=0))
+    per_student.append(join_halves(labels_small, unlabeled, axis=0))
   return jnp.stack(per_student)
 
 
@@ -221,17 +250,17 @@ def run_students(params, batch_stats, x_labeled, x_strong, dropout_rng, *, model
   `student_bn_passes='separate'` runs the two batches as two passes, as the authors'
   code does: with trained batch-norm each is normalised by its own statistics, and the
   running statistics (what the teachers average) see both in turn. `'joint'` runs one
-  pass over [labeled; unlabeled]. With frozen batch-norm the two agree. Every student
+  pass over both (`join_halves`). With frozen batch-norm the two agree. Every student
   and pass draws its own dropout masks from `dropout_rng`.
   """
   apply = functools.partial(stacked.apply, model, train=True, how=pairs_layout(config))
   if x_strong is None or config.student_bn_passes == 'joint':
-    inputs = x_labeled if x_strong is None else jnp.concatenate([x_labeled, x_strong])
+    inputs = x_labeled if x_strong is None else join_halves(x_labeled, x_strong, axis=0)
     return apply(params, batch_stats, inputs, dropout_rng=dropout_rng)
   out_l, stats = apply(params, batch_stats, x_labeled,
                        dropout_rng=jax.random.fold_in(dropout_rng, 0))
   out_u, stats = apply(params, stats, x_strong, dropout_rng=jax.random.fold_in(dropout_rng, 1))
-  return jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1), out_l, out_u), stats
+  return jax.tree.map(lambda a, b: join_halves(a, b, axis=1), out_l, out_u), stats
 
 
 def loss_fn(params, batch_stats, banks, step, x_labeled, x_strong, targets, dropout_rng, *,
@@ -244,15 +273,18 @@ def loss_fn(params, batch_stats, banks, step, x_labeled, x_strong, targets, drop
   out, new_stats = run_students(params, batch_stats, x_labeled, x_strong, dropout_rng,
                                 model=model, config=config)
   logits, feats = out['logits'], out['features']  # [n, B|2B, h, w, ...]
-  b = targets['labels'].shape[0]
   logits_up = image_ops.upsample_bilinear(logits, targets['labels'].shape[-2:])
-  sup = supervised_losses(logits_up[:, :b], targets['labels'], config.ignore_label)
+  if method.semi_supervised:
+    logits_l, logits_u = split_halves(logits_up, axis=1)
+  else:
+    logits_l = logits_up
+  sup = supervised_losses(logits_l, targets['labels'], config.ignore_label)
   metrics = {'loss_sup': sum(sup), **{f'loss_sup/{k}': v for k, v in enumerate(sup)}}
   total = config.lambda_sup * metrics['loss_sup']
   if not method.semi_supervised:
     return total, (metrics, new_stats)
   if method.use_ct:
-    ct = cross_teacher_losses(logits_up[:, b:], targets['pseudo'], targets['ct_weight'],
+    ct = cross_teacher_losses(logits_u, targets['pseudo'], targets['ct_weight'],
                               method.teachers_of, config.ignore_label)
     metrics.update(loss_ct=sum(ct), **{f'loss_ct/{k}': v for k, v in enumerate(ct)})
     total = total + config.lambda_ct * metrics['loss_ct']
@@ -362,13 +394,13 @@ def train_step(state: TrainState, batch: dict[str, Any], rng, *, model,
     else:
       teaching_params, teaching_stats = state.teacher_params, state.teacher_batch_stats
     before = method.bank_push == 'before_update'
-    weak = jnp.concatenate([x_l, norm(images_u)]) if before else norm(images_u)
+    weak = join_halves(x_l, norm(images_u), axis=0) if before else norm(images_u)
     pseudo_out = predict_eval_mode(model, teaching_params, teaching_stats, weak, config)
     if before:
-      b = labels.shape[0]
-      banks = push_banks(banks, jax.tree.map(lambda x: x[:, :b], pseudo_out), labels,
-                         k=bank_k, ignore_label=config.ignore_label)
-      pseudo_out = jax.tree.map(lambda x: x[:, b:], pseudo_out)
+      labeled_out = jax.tree.map(lambda x: split_halves(x, axis=1)[0], pseudo_out)
+      pseudo_out = jax.tree.map(lambda x: split_halves(x, axis=1)[1], pseudo_out)
+      banks = push_banks(banks, labeled_out, labels, k=bank_k,
+                         ignore_label=config.ignore_label)
     # 2. Strong view (jitter, blur, one mix mask per image shared by all students) and the
     #    pseudo-labels mixed by the same mask.
     strong, unlabeled, unlabeled_metrics = unlabeled_targets(

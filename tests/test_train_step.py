@@ -1,5 +1,10 @@
 """The train step on a tiny model: learning, EMA, cross-teacher routing, methods, traces,
 no pair favoured."""
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -244,3 +249,53 @@ def test_swapping_the_pairs_swaps_the_result():
   for field in pair_fields:
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5),
                  getattr(a, field), getattr(swapped(b), field))
+
+
+def test_halves_join_image_by_image_and_split_back():
+  labeled = jnp.arange(2 * 3 * 2).reshape(2, 3, 2)  # [n, B, ...]
+  unlabeled = 100 + labeled
+  joined = train_step.join_halves(labeled, unlabeled, axis=1)
+  assert joined.shape == (2, 6, 2)
+  np.testing.assert_array_equal(joined[:, 0::2], labeled)  # l0, u0, l1, u1, ...
+  np.testing.assert_array_equal(joined[:, 1::2], unlabeled)
+  back_l, back_u = train_step.split_halves(joined, axis=1)
+  np.testing.assert_array_equal(back_l, labeled)
+  np.testing.assert_array_equal(back_u, unlabeled)
+
+
+# Joining the halves and splitting them again around a batch-wide statistic, on a batch
+# sharded over 4 fake devices: interleaved, each device keeps its rows (one all-reduce,
+# the statistic); concatenated, half the batch moves between devices.
+_HALVES_PROGRAM = r'''
+import json
+import jax, jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+from ctt_jax import sharding, tpu_compile, train_step
+mesh = sharding.make_mesh(jax.devices())
+data = NamedSharding(mesh, P(None, 'data'))
+x = jax.ShapeDtypeStruct((2, 8, 6, 5, 3), jnp.float32, sharding=data)
+def count(fn):
+  hlo = jax.jit(fn, out_shardings=(data, data)).lower(x, x).compile().as_text()
+  return {k: v for k, v in tpu_compile.count_collectives(hlo).items() if v}
+def normalise(joined):
+  return (joined - joined.mean(axis=1, keepdims=True)) * 2.0
+def interleaved(l, u):
+  return train_step.split_halves(normalise(train_step.join_halves(l, u, axis=1)), axis=1)
+def concatenated(l, u):
+  joined = normalise(jnp.concatenate([l, u], axis=1))
+  return joined[:, :8], joined[:, 8:]
+print(json.dumps({'interleaved': count(interleaved), 'concatenated': count(concatenated)}))
+'''
+
+
+def test_joined_halves_stay_on_their_devices():
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, '-c', _HALVES_PROGRAM], capture_output=True,
+                        text=True, timeout=120, env=env, cwd=root)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out['interleaved'] == {'all-reduce': 1}
+  assert out['concatenated'].get('collective-permute', 0) + out['concatenated'].get(
+      'all-gather', 0) + out['concatenated'].get('all-to-all', 0) > 0  # what it avoids
