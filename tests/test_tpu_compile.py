@@ -8,12 +8,11 @@ resume and batch-search logic.
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from ctt_jax import tpu_compile
+from tests import fake_devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location(
@@ -38,12 +37,7 @@ print(json.dumps({'n': len(jax.devices()), 'logical': tpu_compile.count_collecti
 
 
 def test_collectives_of_a_program_compiled_for_four_fake_devices():
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
-             JAX_PLATFORMS='cpu')
-  proc = subprocess.run([sys.executable, '-c', _SHARDED_PROGRAM], capture_output=True,
-                        text=True, timeout=120, env=env, cwd=ROOT)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  out = fake_devices.run_program(_SHARDED_PROGRAM, num_devices=4)
   assert out['n'] == 4
   assert out['logical']['all-reduce'] >= 1
   assert out['logical']['all-gather'] + out['logical']['all-to-all'] >= 1

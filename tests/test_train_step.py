@@ -1,16 +1,12 @@
 """The train step on a tiny model: learning, EMA, cross-teacher routing, methods, traces,
 no pair favoured."""
-import json
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from ctt_jax import inference, methods, train_state, train_step
+from tests import fake_devices
 from tests.train_helpers import IMAGE, counting, make_batch, tiny_config, tiny_model
 
 
@@ -289,13 +285,7 @@ print(json.dumps({'interleaved': count(interleaved), 'concatenated': count(conca
 
 
 def test_joined_halves_stay_on_their_devices():
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
-             JAX_PLATFORMS='cpu')
-  proc = subprocess.run([sys.executable, '-c', _HALVES_PROGRAM], capture_output=True,
-                        text=True, timeout=120, env=env, cwd=root)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  out = fake_devices.run_program(_HALVES_PROGRAM, num_devices=4)
   assert out['interleaved'] == {'all-reduce': 1}
   assert out['concatenated'].get('collective-permute', 0) + out['concatenated'].get(
       'all-gather', 0) + out['concatenated'].get('all-to-all', 0) > 0  # what it avoids
