@@ -41,7 +41,7 @@ MULTI_HOST = 'v5e:4x4'
 # What identifies a row: rerunning a row with these values equal is a skip.
 # Rows compiled before 2026-11-30 have no conv_impl: their model.conv_impl='auto' resolved on
 # the compiling CPU to the CPU's convolution graph (tpu_compile.as_on_tpu), so they are not
-# the TPU's step and compile again (they were moved to tpu_compile_cpu_graph.json).
+# the TPU's step and compile again (they were moved to tpu_compile_superseded.json).
 KEY_FIELDS = ('step', 'topology', 'config', 'method', 'dtype', 'remat', 'per_chip_batch',
               'overrides', 'conv_impl')
 
