@@ -53,7 +53,7 @@ def pairs_layout(config) -> str:
 
 def join_halves(labeled, unlabeled, axis: int):
   """[labeled; unlabeled] as one batch along `axis`, interleaved image by image
-  (l0, u0, l1, u1, ...).
+  (l0, u0, l1, u1, ...); arrays or matching pytrees of arrays.
 
   The batch axis is the one sharded over the devices. Interleaving keeps each device's
   labeled and unlabeled images on it (stack, then a reshape that merges the sharded axis
@@ -61,17 +61,22 @@ def join_halves(labeled, unlabeled, axis: int):
   devices: 30-37 collective-permutes per Cityscapes CTT step on a TPU slice (docs/TPU.md).
   Batch-norm statistics and the per-pixel losses do not depend on the order.
   """
-  stacked_halves = jnp.stack([labeled, unlabeled], axis=axis + 1)
-  shape = labeled.shape
-  return stacked_halves.reshape(shape[:axis] + (2 * shape[axis],) + shape[axis + 1:])
+  def join(l, u):
+    shape = l.shape
+    return jnp.stack([l, u], axis=axis + 1).reshape(
+        shape[:axis] + (2 * shape[axis],) + shape[axis + 1:])
+  return jax.tree.map(join, labeled, unlabeled)
 
 
 def split_halves(joined, axis: int):
-  """(labeled, unlabeled): the inverse of `join_halves`."""
-  shape = joined.shape
-  pairs = joined.reshape(shape[:axis] + (shape[axis] // 2, 2) + shape[axis + 1:])
-  return (jax.lax.index_in_dim(pairs, 0, axis + 1, keepdims=False),
-          jax.lax.index_in_dim(pairs, 1, axis + 1, keepdims=False))
+  """(labeled, unlabeled): the inverse of `join_halves`, for an array or a pytree."""
+  def pairs(x):
+    shape = x.shape
+    return x.reshape(shape[:axis] + (shape[axis] // 2, 2) + shape[axis + 1:])
+  paired = jax.tree.map(pairs, joined)
+  half = lambda i: jax.tree.map(
+      lambda x: jax.lax.index_in_dim(x, i, axis + 1, keepdims=False), paired)
+  return half(0), half(1)
 
 
 # ----------------------------------------------------------------------------------------
@@ -260,7 +265,7 @@ def run_students(params, batch_stats, x_labeled, x_strong, dropout_rng, *, model
   out_l, stats = apply(params, batch_stats, x_labeled,
                        dropout_rng=jax.random.fold_in(dropout_rng, 0))
   out_u, stats = apply(params, stats, x_strong, dropout_rng=jax.random.fold_in(dropout_rng, 1))
-  return jax.tree.map(lambda a, b: join_halves(a, b, axis=1), out_l, out_u), stats
+  return join_halves(out_l, out_u, axis=1), stats
 
 
 def loss_fn(params, batch_stats, banks, step, x_labeled, x_strong, targets, dropout_rng, *,
@@ -397,8 +402,7 @@ def train_step(state: TrainState, batch: dict[str, Any], rng, *, model,
     weak = join_halves(x_l, norm(images_u), axis=0) if before else norm(images_u)
     pseudo_out = predict_eval_mode(model, teaching_params, teaching_stats, weak, config)
     if before:
-      labeled_out = jax.tree.map(lambda x: split_halves(x, axis=1)[0], pseudo_out)
-      pseudo_out = jax.tree.map(lambda x: split_halves(x, axis=1)[1], pseudo_out)
+      labeled_out, pseudo_out = split_halves(pseudo_out, axis=1)
       banks = push_banks(banks, labeled_out, labels, k=bank_k,
                          ignore_label=config.ignore_label)
     # 2. Strong view (jitter, blur, one mix mask per image shared by all students) and the

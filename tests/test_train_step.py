@@ -257,6 +257,11 @@ def test_halves_join_image_by_image_and_split_back():
   back_l, back_u = train_step.split_halves(joined, axis=1)
   np.testing.assert_array_equal(back_l, labeled)
   np.testing.assert_array_equal(back_u, unlabeled)
+  # Pytrees (the networks' outputs) join and split leaf by leaf.
+  tree_l, tree_u = train_step.split_halves(
+      train_step.join_halves({'a': labeled}, {'a': unlabeled}, axis=1), axis=1)
+  np.testing.assert_array_equal(tree_l['a'], labeled)
+  np.testing.assert_array_equal(tree_u['a'], unlabeled)
 
 
 # Joining the halves and splitting them again around a batch-wide statistic, on a batch
