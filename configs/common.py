@@ -34,8 +34,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.use_lc = True
   c.directional_mask = True
   c.unlabeled_aug = 'classmix'  # classmix|cutmix|none
-  c.ct_weighting = 'batch_confident_fraction'  # or 'none'
+  # 'batch_confident_fraction' (ClassMix), 'confidence_power' (conf ** ct_confidence_power
+  # per pixel: the authors' code's pixel_weight='threshold') or 'none'.
+  c.ct_weighting = 'batch_confident_fraction'
   c.ct_confidence_threshold = 0.968
+  c.ct_confidence_power = 6.0
   c.phi = 0.75
   c.hc_temperature = 0.5
   c.lc_temperature = 0.5

@@ -126,8 +126,9 @@ SCHEMA: dict[str, Rule] = {
     'use_lc': boolean(),
     'directional_mask': boolean(),
     'unlabeled_aug': one_of('classmix', 'cutmix', 'none'),
-    'ct_weighting': one_of('batch_confident_fraction', 'none'),
+    'ct_weighting': one_of('batch_confident_fraction', 'confidence_power', 'none'),
     'ct_confidence_threshold': PROBABILITY,
+    'ct_confidence_power': POSITIVE,
     'phi': PROBABILITY,  # [0, 1]: the paper's Table 8 uses 0.0 and 1.0
     'hc_temperature': POSITIVE,
     'lc_temperature': POSITIVE,

@@ -93,16 +93,21 @@ def pseudo_labels(logits, valid, ignore_label: int):
   return probs, conf, pred
 
 
-def ct_pixel_weights(pseudo_conf, valid, threshold: float, weighting: str):
-  """Per-pixel weights of L_ct (SPEC 4): [n, B, H, W]."""
+def ct_pixel_weights(pseudo_conf, valid, threshold: float, weighting: str,
+                     power: float = 6.0):
+  """Per-pixel weights of L_ct (SPEC 4): [n, B, H, W]. pseudo_conf is 0 outside `valid`."""
   if weighting == 'batch_confident_fraction':
     # ClassMix: every pixel weighted by the fraction of confident pixels of the batch.
     confident = (pseudo_conf >= threshold) & valid[None]
     return jnp.broadcast_to(confident.mean(axis=(1, 2, 3), keepdims=True), pseudo_conf.shape)
+  if weighting == 'confidence_power':
+    # The authors' code's pixel_weight='threshold': each pixel by its own confidence ** 6,
+    # so the unsure pixels, where most wrong pseudo-labels are, weigh little.
+    return pseudo_conf ** power
   if weighting == 'none':
     return jnp.ones_like(pseudo_conf)
   raise ValueError(f'Unknown ct_weighting {weighting!r}; valid: batch_confident_fraction, '
-                   'none.')
+                   'confidence_power, none.')
 
 
 def pseudo_label_confusion(pred, truth, valid, num_classes: int, ignore_label: int):
@@ -131,7 +136,7 @@ def unlabeled_targets(pseudo_out, images_01, valid, rng, *, config, truth=None):
   pseudo = jnp.where(valid_mix[None], strong_view.mix_stacked(mix_mask, pred), ignore)
   pseudo_conf = jnp.where(valid_mix[None], strong_view.mix_stacked(mix_mask, conf), 0.0)
   ct_weight = ct_pixel_weights(pseudo_conf, valid_mix, config.ct_confidence_threshold,
-                               config.ct_weighting)
+                               config.ct_weighting, config.ct_confidence_power)
   n = conf.shape[0]
   metrics = {
       'pseudo_label_confidence': jnp.sum(conf * valid[None]) / jnp.maximum(n * valid.sum(),

@@ -100,7 +100,7 @@ def test_cross_teacher_reaches_only_the_other_students():
     dict(method='supervised'),
     dict(method='supervised', supervised_ema=False),
     dict(method='mean_teacher', num_pairs=1, unlabeled_aug='cutmix'),
-    dict(method='mutual'),
+    dict(method='mutual', ct_weighting='confidence_power'),
     dict(method='dual_teacher', ct_weighting='none'),
     dict(method='ensemble', use_hc=False, use_lc=False),
     dict(method='self_training', use_ct=True, use_hc=False),
@@ -181,6 +181,20 @@ def test_pseudo_label_confusion_against_a_hand_count():
   expected[0, 0, 0] = expected[0, 1, 1] = 1  # rows = truth, columns = pseudo-label
   expected[1, 0, 1] = expected[1, 1, 1] = 1
   np.testing.assert_array_equal(got, expected)
+
+
+def test_ct_pixel_weights_against_hand_values():
+  conf = np.array([[[[0.99, 0.5], [0.97, 0.0]]],   # network 0, one 2x2 image; (1, 1) is
+                   [[[0.6, 0.6], [0.6, 0.0]]]])   # outside `valid`, its confidence 0
+  valid = np.array([[[True, True], [True, False]]])
+  weights = lambda how: np.asarray(train_step.ct_pixel_weights(conf, valid, 0.968, how, 6.0))
+  # ClassMix: every pixel of a network's batch weighs its fraction of pixels >= 0.968.
+  np.testing.assert_allclose(weights('batch_confident_fraction'),
+                             np.broadcast_to([[[[0.5]]], [[[0.0]]]], conf.shape))
+  np.testing.assert_allclose(weights('confidence_power'), conf ** 6, rtol=1e-6)
+  np.testing.assert_array_equal(weights('none'), np.ones_like(conf))
+  with pytest.raises(ValueError, match='confidence_power'):
+    weights('sigmoid')
 
 
 def test_step_reports_pseudo_label_confusion_only_with_unlabeled_truth():
