@@ -93,16 +93,15 @@ def pseudo_labels(logits, valid, ignore_label: int):
   return probs, conf, pred
 
 
-def ct_pixel_weights(pseudo_conf, valid, threshold: float, weighting: str,
-                     power: float = 6.0):
+def ct_pixel_weights(pseudo_conf, valid, threshold: float, weighting: str, power: float):
   """Per-pixel weights of L_ct (SPEC 4): [n, B, H, W]. pseudo_conf is 0 outside `valid`."""
   if weighting == 'batch_confident_fraction':
     # ClassMix: every pixel weighted by the fraction of confident pixels of the batch.
     confident = (pseudo_conf >= threshold) & valid[None]
     return jnp.broadcast_to(confident.mean(axis=(1, 2, 3), keepdims=True), pseudo_conf.shape)
   if weighting == 'confidence_power':
-    # The authors' code's pixel_weight='threshold': each pixel by its own confidence ** 6,
-    # so the unsure pixels, where most wrong pseudo-labels are, weigh little.
+    # The authors' code's pixel_weight='threshold' (power 6 there): each pixel by its own
+    # confidence, so the unsure pixels, where most wrong pseudo-labels are, weigh little.
     return pseudo_conf ** power
   if weighting == 'none':
     return jnp.ones_like(pseudo_conf)
