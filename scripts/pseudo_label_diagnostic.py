@@ -59,6 +59,12 @@ def teacher_predictions(run, state, config, source, batch_size):
           np.concatenate(valids))
 
 
+def wrong_share(conf, right, power: float) -> float:
+  """Share of the weight conf ** power (power 0: every pixel alike) on wrong labels."""
+  w = conf ** power
+  return float((w * ~right).sum() / w.sum())
+
+
 def class_table(conf, pred, truth, valid, class_names, threshold, powers):
   """Rows per ground-truth class of one teacher's pseudo-labels (see the module doc)."""
   rows = []
@@ -72,12 +78,11 @@ def class_table(conf, pred, truth, valid, class_names, threshold, powers):
            'recall': right.mean(),
            'conf_right': p[right].mean() if right.any() else float('nan'),
            'conf_wrong': p[~right].mean() if (~right).any() else float('nan'),
-           'wrong_weight/uniform': 1 - right.mean(),
+           'wrong_weight/uniform': wrong_share(p, right, 0),
            'wrong_weight/threshold': ((p >= threshold) & ~right).sum() / max(
                (p >= threshold).sum(), 1)}
     for power in powers:
-      w = p ** power
-      row[f'wrong_weight/conf^{power:g}'] = (w * ~right).sum() / w.sum()
+      row[f'wrong_weight/conf^{power:g}'] = wrong_share(p, right, power)
     rows.append(row)
   return rows
 
@@ -106,12 +111,10 @@ def main():
   print('teacher_0 | ' + ' | '.join(columns[1:]))
   for r in rows:
     print(f'{r["class"]:>11} | ' + ' | '.join(f'{r[k]:.3f}' for k in columns[1:]))
-  pixels = valid.sum()
-  wrong = valid & (pred[0] != truth)
+  right, p = pred[0][valid] == truth[valid], conf[0][valid]
   for power in (1, 6):
-    w = conf[0] ** power
     print(f'all classes: wrong share of the weight, conf^{power}: '
-          f'{(w * wrong).sum() / (w * valid).sum():.3f} (uniform: {wrong.sum() / pixels:.3f})')
+          f'{wrong_share(p, right, power):.3f} (uniform: {wrong_share(p, right, 0):.3f})')
 
 
 if __name__ == '__main__':
