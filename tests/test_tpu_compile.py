@@ -205,6 +205,38 @@ def test_batch_search_starts_from_the_linear_estimate():
   assert '>= 2 (not settled)' in table.largest_batch_markdown(rows)
 
 
+def test_batch_search_borrows_the_line_of_the_same_program_on_another_slice():
+  def compiled(topology, p, hbm, capacity, **kw):
+    return {**table.row(table.CITYSCAPES, topology, per_chip_batch=p, **kw),
+            'fits': hbm <= capacity, 'hbm_gib': hbm, 'hbm_capacity_gib': capacity}
+  # v5e: HBM 2 + 3 p GiB; v5p (95 GiB) has one batch compiled, so it takes v5e's slope.
+  rows = [compiled('v5e:2x4', 1, 5.0, 16), compiled('v5e:2x4', 2, 8.0, 16),
+          compiled('v5p:2x2x1', 2, 8.2, 95)]
+  assert table.search_estimate(table.row(table.CITYSCAPES, 'v5p:2x2x1'), rows) == 30
+  assert table.search_estimate(table.row(table.CITYSCAPES, 'v5e:2x4'), rows) == 4
+  # Nothing of the base compiled yet: no capacity to aim at.
+  assert table.search_estimate(table.row(table.CITYSCAPES, 'v4:2x2x1'), rows) is None
+  # Another program (dtype) lends nothing.
+  rows.append(compiled('v4:2x2x1', 2, 6.0, 32, dtype='bfloat16'))
+  assert table.search_estimate(table.row(table.CITYSCAPES, 'v4:2x2x1', dtype='bfloat16'),
+                               rows) is None
+  # Its own two batches win over another slice's.
+  rows += [compiled('v5p:2x2x1', 4, 12.2, 95)]
+  assert table.search_estimate(table.row(table.CITYSCAPES, 'v5p:2x2x1'), rows) == 45
+  found = {b['topology']: b for b in table.largest_batches(rows) if b['dtype'] == 'float32'}
+  assert found['v5p:2x2x1']['linear_estimate'] == 45
+
+
+def test_scaling_rows_compile_the_configs_own_values_once():
+  rows = table.scaling_rows()  # 3 pairs + 4 banks + 3 crops, one of each the config's
+  assert len(rows) == 10 and len(list(table.pending(rows, []))) == 8
+  own = [r for r in rows if not r['overrides']]
+  assert own == 3 * [table.row(table.CITYSCAPES, 'v5e:2x4', dtype='bfloat16')]
+  assert own[0] in table.main_rows()
+  assert {r['overrides'] for r in rows} >= {'num_pairs=3', 'bank_size=1024',
+                                            'data.crop_size=512x1024'}
+
+
 def test_row_config_argument_is_the_global_batch():
   r = table.row(table.CITYSCAPES, 'v5e:2x4', method='supervised', dtype='bfloat16',
                 per_chip_batch=2, remat='blocks', overrides='bank_size=256')
