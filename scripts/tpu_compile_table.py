@@ -10,12 +10,16 @@ already in the file are skipped, so a killed run resumes where it stopped. A Res
 step takes ~12 minutes to compile on a 2-core machine: order matters, the most useful rows
 come first.
 
-Row sets (`--rows`, comma-separated): `main` (the paper configs on the four single-host
-slices and one multi-host slice), `search` (the largest per-chip batch that fits, found
-from the linear estimate of two compiled batches (of this slice, else of the same program
-on another slice), else by doubling then bisecting,
-for each config, dtype and slice of `main`; v5e-8 and v4-8 first), `scaling`
-(per-chip FLOPs and HBM against num_pairs, bank_size and crop size), `demo` (seconds).
+Row sets (`--rows`, comma-separated, run in the order given; all of them:
+`--rows=main,scaling,search,v6e`):
+- `main`: the paper configs on v5e-8, v4-8, v5p-8 and one multi-host slice (v5e 4x4),
+  and the supervised step on v6e-8;
+- `scaling`: per-chip FLOPs and HBM against num_pairs, bank_size and crop size;
+- `search`: the largest per-chip batch that fits, for each config, dtype and slice: from
+  the linear estimate of two compiled batches (of this slice, else the slope of the same
+  program on another slice), else by doubling, then bisecting; v5e-8 and v4-8 first;
+- `v6e`: the CTT steps on v6e-8, last (they need the most host memory and time);
+- `demo`: the demo config (seconds).
 
 The batch rule: `batch_size` is the global labeled batch (the unlabeled one is as large),
 so a row's per-chip batch p on D chips compiles `batch_size = p * D`.
@@ -77,8 +81,7 @@ def main_rows() -> list[dict[str, Any]]:
   rows = [row(CITYSCAPES, 'v5e:2x4', dtype='float32', per_chip_batch=1),
           row(CITYSCAPES, 'v5e:2x4', dtype='bfloat16', per_chip_batch=2),
           row(CITYSCAPES, 'v4:2x2x1', dtype='bfloat16', per_chip_batch=2)]
-  # 2. The same on the other slices (v6e needs ctt_jax/libtpu_flags: docs/TPU.md; its CTT
-  #    compile comes last, see the end).
+  # 2. The same on the other slices (v6e's CTT compiles are `v6e_rows`).
   for topology in ('v5p:2x2x1', MULTI_HOST):
     rows.append(row(CITYSCAPES, topology, dtype='bfloat16', per_chip_batch=2))
   # 3. The supervised baseline, the other two paper configs, the paper's eval step.
@@ -113,10 +116,17 @@ def main_rows() -> list[dict[str, Any]]:
            row(CITYSCAPES, 'v4:2x2x1', dtype='float32', per_chip_batch=2, remat='blocks')]
   for config in (CITYSCAPES, VOC_AUG, VOC_CLASSIC):
     rows.append(row(config, 'v5e:2x4', dtype='bfloat16', step='eval'))
-  # 6. v6e's CTT compiles: the Cityscapes one held 22.5 GB of host memory after 95 minutes
-  #    when the OOM killer took it on a 24 GB machine (2026-11-30), and every config here
-  #    is the same ResNet-101 pair of students: they run last, ideally alone on the machine.
-  rows.append(row(CITYSCAPES, 'v6e:2x4', dtype='bfloat16', per_chip_batch=2))
+  return rows
+
+
+def v6e_rows() -> list[dict[str, Any]]:
+  """The paper configs' CTT steps on v6e-8, a row set of their own (run it last).
+
+  The Cityscapes one held 22.5 GB of host memory after 95 minutes when the OOM killer
+  took it on a 24 GB machine (2026-11-30), and every config is the same ResNet-101 pair
+  of students: run these alone on the machine, after `main`, `search` and `scaling`.
+  """
+  rows = [row(CITYSCAPES, 'v6e:2x4', dtype='bfloat16', per_chip_batch=2)]
   rows.append(row(CITYSCAPES, 'v6e:2x4', dtype='float32', per_chip_batch=2))
   for config in (VOC_AUG, VOC_CLASSIC):
     for dtype in ('bfloat16', 'float32'):
@@ -286,7 +296,7 @@ def how_it_ended(returncode: int) -> str:
 
 def linear_estimate(hbm_by_batch: dict[int, float], capacity_gib: float) -> Optional[int]:
   """The largest per-chip batch whose HBM, extrapolated along the line through the two
-  largest compiled batches, is within the chip's capacity; None with fewer than two.
+  largest compiled batches, is within `capacity_gib`; None with fewer than two.
 
   Arguments and the bank are the same at every batch; activations and their gradients
   grow with it, so HBM is close to affine in the batch. A guess to compile, not a result.
@@ -347,7 +357,8 @@ def largest_batches(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def search_rows() -> list[dict[str, Any]]:
   """The bases whose largest fitting per-chip batch `--rows=search` finds."""
   bases = []
-  for topologies in (('v5e:2x4', 'v4:2x2x1'), ('v5p:2x2x1', 'v6e:2x4')):
+  # v6e last: its ResNet-101 compiles take the most host memory and time (`v6e_rows`).
+  for topologies in (('v5e:2x4', 'v4:2x2x1'), ('v5p:2x2x1',), ('v6e:2x4',)):
     for dtype in ('bfloat16', 'float32'):
       for config in (CITYSCAPES, VOC_AUG, VOC_CLASSIC):
         for topology in topologies:
@@ -371,11 +382,14 @@ def search_estimate(base: dict[str, Any], rows: list[dict[str, Any]]) -> Optiona
   """
   def points(rs):
     return {r['per_chip_batch']: r['hbm_gib'] for r in rs if r.get('hbm_gib') is not None}
+  sys.path.insert(0, ROOT)
+  from ctt_jax import tpu_compile  # pylint: disable=g-import-not-at-top
   same_base = [r for r in rows if row_key({**r, 'per_chip_batch': 0})
                == row_key({**base, 'per_chip_batch': 0})]
   if not same_base:
     return None
-  capacity = same_base[0]['hbm_capacity_gib']
+  # What a row may use and still "fit" (tpu_compile.fits keeps a margin of the capacity).
+  capacity = same_base[0]['hbm_capacity_gib'] * (1 - tpu_compile.HBM_MARGIN)
   own = points(same_base)
   if len(own) >= 2:
     return linear_estimate(own, capacity)
@@ -479,7 +493,7 @@ def largest_batch_markdown(rows: list[dict[str, Any]]) -> str:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--rows', default='main', help='main, search, scaling, demo; '
+  parser.add_argument('--rows', default='main', help='main, search, scaling, v6e, demo; '
                       'comma-separated, run in that order')
   parser.add_argument('--output', default=DEFAULT_OUTPUT)
   parser.add_argument('--timeout_s', type=float, default=3 * 3600,
@@ -496,7 +510,8 @@ def main(argv=None):
   if args.one:
     print(json.dumps(compile_row(json.loads(args.one))))
     return
-  builders = {'main': main_rows, 'scaling': scaling_rows, 'demo': demo_rows}
+  builders = {'main': main_rows, 'scaling': scaling_rows, 'v6e': v6e_rows,
+              'demo': demo_rows}
   for name in args.rows.split(','):
     if name == 'search':
       for base in search_rows():
@@ -504,7 +519,7 @@ def main(argv=None):
         print(f'largest per-chip batch that fits: {largest} for {row_key(base)}', flush=True)
       continue
     if name not in builders:
-      raise SystemExit(f'Unknown row set {name!r}; use main, search, scaling or demo.')
+      raise SystemExit(f'Unknown row set {name!r}; use main, search, scaling, v6e or demo.')
     for r in pending(builders[name](), load_rows(args.output)):
       try:
         append_row(args.output, run_and_log(r, args.timeout_s))
