@@ -37,6 +37,8 @@ import time
 from typing import Any, Iterable, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # configs/ and ctt_jax/, imported where needed (ctt_jax: jax)
+  sys.path.insert(0, ROOT)
 DEFAULT_OUTPUT = os.path.join(ROOT, 'benchmarks', 'results', 'tpu_compile.json')
 CITYSCAPES = 'configs/cityscapes.py:1_30'
 VOC_AUG = 'configs/voc_aug.py:1_50'
@@ -62,6 +64,11 @@ def row(config: str, topology: str, *, method: str = 'ctt', dtype: str = 'float3
 
 def row_key(r: dict[str, Any]) -> tuple:
   return tuple(r.get(f, '') for f in KEY_FIELDS)
+
+
+def base_key(r: dict[str, Any]) -> tuple:
+  """A row's key without its batch: the rows a batch search compares."""
+  return row_key({**r, 'per_chip_batch': 0})
 
 
 def method_overrides(method: str) -> str:
@@ -140,7 +147,6 @@ def scaling_rows() -> list[dict[str, Any]]:
   A value the config already has is its row without an override, so the config's own
   row (also in `main`) is compiled once, not once per axis.
   """
-  sys.path.insert(0, ROOT)
   from configs import common  # pylint: disable=g-import-not-at-top
   config = common.from_file(CITYSCAPES, ROOT)
   axes = (('num_pairs', config.num_pairs, (1, 2, 3)),
@@ -228,7 +234,6 @@ def code_version() -> str:
 
 def compile_row(r: dict[str, Any]) -> dict[str, Any]:
   """Compiles one row in this process and returns the table row (JSON-able)."""
-  sys.path.insert(0, ROOT)
   from configs import common  # pylint: disable=g-import-not-at-top
   from ctt_jax import tpu_compile  # pylint: disable=g-import-not-at-top
   topo = tpu_compile.parse_topology(r['topology'])
@@ -342,7 +347,7 @@ def largest_batches(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   bases: dict[tuple, list[dict[str, Any]]] = {}
   for r in rows:
     if r['step'] == 'train' and r.get('hbm_gib') is not None:
-      bases.setdefault(row_key({**r, 'per_chip_batch': 0}), []).append(r)
+      bases.setdefault(base_key(r), []).append(r)
   out = []
   for group in bases.values():
     fits = {r['per_chip_batch']: bool(r['fits']) for r in group}
@@ -368,7 +373,7 @@ def search_rows() -> list[dict[str, Any]]:
 
 def program_key(r: dict[str, Any]) -> tuple:
   """A row's key without its slice and batch: the same program on any TPU."""
-  return row_key({**r, 'topology': '', 'per_chip_batch': 0})
+  return base_key({**r, 'topology': ''})
 
 
 def search_estimate(base: dict[str, Any], rows: list[dict[str, Any]]) -> Optional[int]:
@@ -382,10 +387,8 @@ def search_estimate(base: dict[str, Any], rows: list[dict[str, Any]]) -> Optiona
   """
   def points(rs):
     return {r['per_chip_batch']: r['hbm_gib'] for r in rs if r.get('hbm_gib') is not None}
-  sys.path.insert(0, ROOT)
   from ctt_jax import tpu_compile  # pylint: disable=g-import-not-at-top
-  same_base = [r for r in rows if row_key({**r, 'per_chip_batch': 0})
-               == row_key({**base, 'per_chip_batch': 0})]
+  same_base = [r for r in rows if base_key(r) == base_key(base)]
   if not same_base:
     return None
   # What a row may use and still "fit" (tpu_compile.fits keeps a margin of the capacity).
@@ -411,8 +414,7 @@ def search(base: dict[str, Any], path: str, timeout_s: float):
   linear estimate first (`search_estimate`), else doubling."""
   while True:
     rows = load_rows(path)
-    done = [r for r in rows
-            if row_key({**r, 'per_chip_batch': 0}) == row_key({**base, 'per_chip_batch': 0})]
+    done = [r for r in rows if base_key(r) == base_key(base)]
     fits_by_batch = {r['per_chip_batch']: r['fits'] for r in done}
     batch = next_batch_to_try(fits_by_batch, estimate=search_estimate(base, rows))
     if batch is None:
