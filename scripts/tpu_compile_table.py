@@ -381,9 +381,10 @@ def search_estimate(base: dict[str, Any], rows: list[dict[str, Any]]) -> Optiona
   compiled batches, else, with one, the line through it with the slope of the same
   program on another slice.
 
-  One program's HBM per chip differs by under 3% between v4, v5e, v5p and a multi-host
-  v5e slice (the table's Cityscapes CTT rows at 2 + 2), so another slice's line is a good
-  first guess; the search still compiles the batches that settle it.
+  One program's HBM per chip differs by 1.7-6.0% between v4, v5e, v5p and a multi-host
+  v5e slice (the table's programs compiled on several slices, 2026-11-30), so another
+  slice's line is a good first guess; the search still compiles the batches that settle
+  it.
   """
   def points(rs):
     return {r['per_chip_batch']: r['hbm_gib'] for r in rs if r.get('hbm_gib') is not None}
