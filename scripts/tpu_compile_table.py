@@ -21,6 +21,10 @@ Row sets (`--rows`, comma-separated, run in the order given; all of them:
 - `v6e`: the CTT steps on v6e-8, last (they need the most host memory and time);
 - `demo`: the demo config (seconds).
 
+`--configs=cityscapes` and `--topologies=v5e:2x4,v4:2x2x1` keep only the rows (and search
+bases) of those configs (a substring of the config path) and slices, to settle what
+matters first, e.g. `--rows=search --configs=cityscapes --topologies=v5e:2x4,v4:2x2x1`.
+
 The batch rule: `batch_size` is the global labeled batch (the unlabeled one is as large),
 so a row's per-chip batch p on D chips compiles `batch_size = p * D`.
 """
@@ -494,11 +498,25 @@ def largest_batch_markdown(rows: list[dict[str, Any]]) -> str:
   return '\n'.join(lines)
 
 
+def selection(configs: str, topologies: str):
+  """The predicate of `--configs` and `--topologies` (an empty flag keeps every row)."""
+  config_parts = [c for c in configs.split(',') if c]
+  topology_names = [t for t in topologies.split(',') if t]
+  def wanted(r: dict[str, Any]) -> bool:
+    return ((not config_parts or any(c in r['config'] for c in config_parts)) and
+            (not topology_names or r['topology'] in topology_names))
+  return wanted
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--rows', default='main', help='main, search, scaling, v6e, demo; '
                       'comma-separated, run in that order')
   parser.add_argument('--output', default=DEFAULT_OUTPUT)
+  parser.add_argument('--configs', default='',
+                      help='comma-separated substrings of the config path; only their rows')
+  parser.add_argument('--topologies', default='',
+                      help='comma-separated slices, e.g. v5e:2x4,v4:2x2x1; only their rows')
   parser.add_argument('--timeout_s', type=float, default=3 * 3600,
                       help='per row (a loaded 2-core machine took over an hour)')
   parser.add_argument('--markdown', action='store_true',
@@ -515,15 +533,16 @@ def main(argv=None):
     return
   builders = {'main': main_rows, 'scaling': scaling_rows, 'v6e': v6e_rows,
               'demo': demo_rows}
+  wanted = selection(args.configs, args.topologies)
   for name in args.rows.split(','):
     if name == 'search':
-      for base in search_rows():
+      for base in filter(wanted, search_rows()):
         largest = search(base, args.output, args.timeout_s)
         print(f'largest per-chip batch that fits: {largest} for {row_key(base)}', flush=True)
       continue
     if name not in builders:
       raise SystemExit(f'Unknown row set {name!r}; use main, search, scaling, v6e or demo.')
-    for r in pending(builders[name](), load_rows(args.output)):
+    for r in pending(filter(wanted, builders[name]()), load_rows(args.output)):
       try:
         append_row(args.output, run_and_log(r, args.timeout_s))
       except (RuntimeError, subprocess.TimeoutExpired) as e:

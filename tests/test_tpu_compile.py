@@ -229,6 +229,17 @@ def test_batch_search_borrows_the_line_of_the_same_program_on_another_slice():
   assert found['v5p:2x2x1']['linear_estimate'] == 40
 
 
+def test_configs_and_topologies_select_rows_and_search_bases():
+  wanted = table.selection('cityscapes', 'v5e:2x4,v4:2x2x1')
+  bases = list(filter(wanted, table.search_rows()))
+  assert {(b['config'], b['topology']) for b in bases} == {
+      (table.CITYSCAPES, 'v5e:2x4'), (table.CITYSCAPES, 'v4:2x2x1')}
+  assert {b['dtype'] for b in bases} == {'bfloat16', 'float32'}
+  voc = [r for r in table.main_rows() if table.selection('voc_aug,voc_classic', '')(r)]
+  assert voc and all('voc' in r['config'] for r in voc)
+  assert list(filter(table.selection('', ''), table.main_rows())) == table.main_rows()
+
+
 def test_scaling_rows_compile_the_configs_own_values_once():
   rows = table.scaling_rows()  # 3 pairs + 4 banks + 3 crops, one of each the config's
   assert len(rows) == 10 and len(list(table.pending(rows, []))) == 8
