@@ -305,14 +305,18 @@ def how_it_ended(returncode: int) -> str:
 
 def linear_estimate(hbm_by_batch: dict[int, float], capacity_gib: float) -> Optional[int]:
   """The largest per-chip batch whose HBM, extrapolated along the line through the two
-  largest compiled batches, is within `capacity_gib`; None with fewer than two.
+  smallest compiled batches that fit, is within `capacity_gib`; None with fewer than two.
 
   Arguments and the bank are the same at every batch; activations and their gradients
-  grow with it, so HBM is close to affine in the batch. A guess to compile, not a result.
+  grow with it, so HBM is close to affine in the batch while it is far from the chip's
+  capacity. Near capacity the TPU compiler trades FLOPs for memory by itself (Cityscapes
+  CTT bf16 on v4-8, 2026-11-30: 27.89 GiB at 15 + 15, 26.18 at 16 + 16, 29.08-29.57 from
+  17 to 24 at up to 5% more FLOPs per image), so the line comes from the smallest batches,
+  `hbm_by_batch` holds only batches that fit. A guess to compile, not a result.
   """
   if len(hbm_by_batch) < 2:
     return None
-  (p0, h0), (p1, h1) = sorted(hbm_by_batch.items())[-2:]
+  (p0, h0), (p1, h1) = sorted(hbm_by_batch.items())[:2]
   slope = (h1 - h0) / (p1 - p0)
   if not slope > 0:
     return None
@@ -321,19 +325,21 @@ def linear_estimate(hbm_by_batch: dict[int, float], capacity_gib: float) -> Opti
 
 def next_batch_to_try(fits_by_batch: dict[int, bool], limit: int = 64,
                       estimate: Optional[int] = None) -> Optional[int]:
-  """The next per-chip batch to compile; None when the largest that fits is known.
+  """The next per-chip batch to compile, at most `limit`; None when the largest that fits
+  is known (or is `limit`).
 
-  With a linear `estimate`, try it (kept strictly between the largest batch known to fit
-  and the smallest known not to); without one, double from 1 until a batch does not fit,
+  With a linear `estimate` not below the largest batch known to fit, try it (kept
+  strictly between that batch and the smallest known not to fit); otherwise (no estimate,
+  or the line proved too low) double from the largest that fits until a batch does not,
   then bisect.
   """
   fitting = [p for p, ok in fits_by_batch.items() if ok]
   failing = [p for p, ok in fits_by_batch.items() if not ok]
   low = max(fitting, default=0)
   high = min([p for p in failing if p > low], default=None)
-  if high is not None and high - low <= 1:
+  if (high is not None and high - low <= 1) or low >= limit:
     return None
-  if estimate is not None:
+  if estimate is not None and estimate >= low:
     candidate = max(estimate, low + 1)
     if high is not None:
       candidate = min(candidate, high - 1)
@@ -341,7 +347,7 @@ def next_batch_to_try(fits_by_batch: dict[int, bool], limit: int = 64,
     candidate = 1 if low == 0 else 2 * low
   else:
     candidate = (low + high) // 2
-  return candidate if candidate <= limit else None
+  return min(candidate, limit)
 
 
 def largest_batches(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -381,17 +387,18 @@ def program_key(r: dict[str, Any]) -> tuple:
 
 
 def search_estimate(base: dict[str, Any], rows: list[dict[str, Any]]) -> Optional[int]:
-  """The linear estimate of `base`'s largest batch: the line through its own two largest
-  compiled batches, else, with one, the line through it with the slope of the same
-  program on another slice.
+  """The linear estimate of `base`'s largest batch: the line through its own two smallest
+  batches that fit, else, with one, the line through it with the slope of the same
+  program on another slice (that slice's two smallest that fit).
 
   One program's HBM per chip differs by 1.7-6.0% between v4, v5e, v5p and a multi-host
   v5e slice (the table's programs compiled on several slices, 2026-11-30), so another
   slice's line is a good first guess; the search still compiles the batches that settle
   it.
   """
-  def points(rs):
-    return {r['per_chip_batch']: r['hbm_gib'] for r in rs if r.get('hbm_gib') is not None}
+  def points(rs):  # the batches that fit (a refused compile reports only temporaries)
+    return {r['per_chip_batch']: r['hbm_gib'] for r in rs
+            if r.get('hbm_gib') is not None and r['fits']}
   from ctt_jax import tpu_compile  # pylint: disable=g-import-not-at-top
   same_base = [r for r in rows if base_key(r) == base_key(base)]
   if not same_base:
@@ -405,11 +412,17 @@ def search_estimate(base: dict[str, Any], rows: list[dict[str, Any]]) -> Optiona
   for r in rows:
     if program_key(r) == program_key(base) and r['topology'] != base['topology']:
       by_slice.setdefault(r['topology'], []).append(r)
-  others = sorted((points(rs) for rs in by_slice.values()), key=len, reverse=True)
-  if not own or not others or len(others[0]) < 2:
+  # A slice of the same chip first (v5e 4x4 borrows from v5e 2x4: the compiler of each
+  # chip lays out the program its own way), then the one with the most batches.
+  generation = base['topology'].split(':')[0]
+  others = [points(rs) for _, rs in sorted(
+      by_slice.items(), key=lambda kv: (kv[0].split(':')[0] == generation,
+                                        len(points(kv[1]))), reverse=True)]
+  others = [o for o in others if len(o) >= 2]
+  if not own or not others:
     return None
-  # The other slice's slope through this slice's own compiled batch.
-  (p0, h0), (p1, h1) = sorted(others[0].items())[-2:]
+  # The other slice's slope (its two smallest batches) through this slice's own batch.
+  (p0, h0), (p1, h1) = sorted(others[0].items())[:2]
   (batch, hbm), = own.items()
   return linear_estimate({batch: hbm, batch + 1: hbm + (h1 - h0) / (p1 - p0)}, capacity)
 

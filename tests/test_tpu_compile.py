@@ -193,7 +193,12 @@ def test_batch_search_starts_from_the_linear_estimate():
   assert table.next_batch_to_try({1: True, 2: True, 4: True, 5: False}, estimate=4) is None
   # An estimate outside what is known is pulled inside the bracket.
   assert table.next_batch_to_try({1: True, 2: True, 8: False}, estimate=12) == 7
-  assert table.next_batch_to_try({1: True, 4: True}, estimate=2) == 5
+  # A line that proved too low is dropped: double, then bisect.
+  assert table.next_batch_to_try({1: True, 4: True}, estimate=2) == 8
+  assert table.next_batch_to_try({1: True, 4: True, 8: False}, estimate=2) == 6
+  # A line beyond the limit tries the limit, and a fitting limit ends the search.
+  assert table.next_batch_to_try({2: True}, estimate=462) == 64
+  assert table.next_batch_to_try({2: True, 64: True}, estimate=462) is None
   rows = [{**table.row(table.CITYSCAPES, 'v5e:2x4', per_chip_batch=p), 'fits': p < 5,
            'hbm_gib': 2.0 + 3 * p, 'hbm_capacity_gib': 16} for p in (1, 2, 4, 5)]
   rows.append({**table.row(table.CITYSCAPES, 'v4:2x2x1', per_chip_batch=2), 'fits': True,
@@ -227,6 +232,30 @@ def test_batch_search_borrows_the_line_of_the_same_program_on_another_slice():
   assert table.search_estimate(table.row(table.CITYSCAPES, 'v5p:2x2x1'), rows) == 40
   found = {b['topology']: b for b in table.largest_batches(rows) if b['dtype'] == 'float32'}
   assert found['v5p:2x2x1']['linear_estimate'] == 40
+
+
+def test_batch_search_line_ignores_the_batches_near_capacity():
+  def compiled(topology, p, hbm, capacity, fits=None):
+    return {**table.row(table.CITYSCAPES, topology, per_chip_batch=p),
+            'fits': hbm <= 0.9 * capacity if fits is None else fits, 'hbm_gib': hbm,
+            'hbm_capacity_gib': capacity}
+  # v4 as compiled on 2026-11-30 (bf16): affine at first, then the compiler squeezes the
+  # program under the chip's HBM, and a refused compile reports only its temporaries.
+  v4 = [compiled('v4:2x2x1', p, h, 32) for p, h in
+        ((2, 6.83), (12, 23.52), (15, 27.89), (16, 26.18), (24, 29.57))]
+  v4.append(compiled('v4:2x2x1', 32, 30.94, 32, fits=False))
+  # Its line is 2 -> 12 (1.67 GiB per image pair; 12 + (28.8 - 23.52) / 1.67 = 15.2),
+  # not 16 -> 24 or 24 -> 32.
+  assert table.search_estimate(table.row(table.CITYSCAPES, 'v4:2x2x1'), v4) == 15
+  # v5p borrows that line through its own batch: 2 + (85.5 - 6.81) / 1.67 = 49.1.
+  v5p = [compiled('v5p:2x2x1', 2, 6.81, 95)]
+  assert table.search_estimate(table.row(table.CITYSCAPES, 'v5p:2x2x1'), v4 + v5p) == 49
+  # A slice of the same chip lends its line first, though it has fewer batches: v5e 4x4
+  # takes v5e 2x4's 2.16 GiB per image pair, 2 + (14.4 - 6.93) / 2.16 = 5.5.
+  v5e = [compiled('v5e:2x4', 2, 6.86, 16), compiled('v5e:2x4', 4, 11.17, 16)]
+  v5e_16 = [compiled('v5e:4x4', 2, 6.93, 16)]
+  assert table.search_estimate(table.row(table.CITYSCAPES, 'v5e:4x4'), v4 + v5e + v5e_16) == 5
+  assert table.search_estimate(table.row(table.CITYSCAPES, 'v5e:4x4'), v4 + v5e_16) == 6
 
 
 def test_configs_and_topologies_select_rows_and_search_bases():
