@@ -311,8 +311,8 @@ def linear_estimate(hbm_by_batch: dict[int, float], capacity_gib: float) -> Opti
   grow with it, so HBM is close to affine in the batch while it is far from the chip's
   capacity. Near capacity the TPU compiler trades FLOPs for memory by itself (Cityscapes
   CTT bf16 on v4-8, 2026-11-30: 27.89 GiB at 15 + 15, 26.18 at 16 + 16, 29.08-29.57 from
-  17 to 24 at up to 5% more FLOPs per image), so the line comes from the smallest batches,
-  `hbm_by_batch` holds only batches that fit. A guess to compile, not a result.
+  17 to 24 at up to 5% more FLOPs per image), so the line comes from the two smallest
+  batches, and callers pass only batches that fit. A guess to compile, not a result.
   """
   if len(hbm_by_batch) < 2:
     return None
@@ -408,17 +408,17 @@ def search_estimate(base: dict[str, Any], rows: list[dict[str, Any]]) -> Optiona
   own = points(same_base)
   if len(own) >= 2:
     return linear_estimate(own, capacity)
-  by_slice: dict[str, list[dict[str, Any]]] = {}
+  rows_by_slice: dict[str, list[dict[str, Any]]] = {}
   for r in rows:
     if program_key(r) == program_key(base) and r['topology'] != base['topology']:
-      by_slice.setdefault(r['topology'], []).append(r)
+      rows_by_slice.setdefault(r['topology'], []).append(r)
+  lines = {t: points(rs) for t, rs in rows_by_slice.items()}
   # A slice of the same chip first (v5e 4x4 borrows from v5e 2x4: the compiler of each
   # chip lays out the program its own way), then the one with the most batches.
-  generation = base['topology'].split(':')[0]
-  others = [points(rs) for _, rs in sorted(
-      by_slice.items(), key=lambda kv: (kv[0].split(':')[0] == generation,
-                                        len(points(kv[1]))), reverse=True)]
-  others = [o for o in others if len(o) >= 2]
+  def same_chip_then_most_batches(topology):
+    return topology.split(':')[0] == base['topology'].split(':')[0], len(lines[topology])
+  others = [lines[t] for t in sorted(lines, key=same_chip_then_most_batches, reverse=True)
+            if len(lines[t]) >= 2]
   if not own or not others:
     return None
   # The other slice's slope (its two smallest batches) through this slice's own batch.
