@@ -416,7 +416,9 @@ def search_estimate(base: dict[str, Any], rows: list[dict[str, Any]]) -> Optiona
   # A slice of the same chip first (v5e 4x4 borrows from v5e 2x4: the compiler of each
   # chip lays out the program its own way), then the one with the most batches.
   def same_chip_then_most_batches(topology):
-    return topology.split(':')[0] == base['topology'].split(':')[0], len(lines[topology])
+    same_chip = (tpu_compile.parse_topology(topology).generation ==
+                 tpu_compile.parse_topology(base['topology']).generation)
+    return same_chip, len(lines[topology])
   others = [lines[t] for t in sorted(lines, key=same_chip_then_most_batches, reverse=True)
             if len(lines[t]) >= 2]
   if not own or not others:
