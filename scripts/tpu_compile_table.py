@@ -11,9 +11,11 @@ step takes ~12 minutes to compile on a 2-core machine: order matters, the most u
 come first.
 
 Row sets (`--rows`, comma-separated, run in the order given; all of them:
-`--rows=main,scaling,search,v6e`):
+`--rows=main,slopes,scaling,search,v6e`):
 - `main`: the paper configs on v5e-8, v4-8, v5p-8 and one multi-host slice (v5e 4x4),
   and the supervised step on v6e-8;
+- `slopes`: a second batch on v5e-8 of each program compiled at one batch only, so that
+  every slice's largest batch has a linear estimate;
 - `scaling`: per-chip FLOPs and HBM against num_pairs, bank_size and crop size;
 - `search`: the largest per-chip batch that fits, for each config, dtype and slice: from
   the linear estimate of two compiled batches (of this slice, else the slope of the same
@@ -163,6 +165,21 @@ def scaling_rows() -> list[dict[str, Any]]:
       text = 'x'.join(map(str, value)) if isinstance(value, tuple) else str(value)
       rows.append(row(CITYSCAPES, 'v5e:2x4', dtype='bfloat16',
                       overrides='' if value == default else f'{key}={text}'))
+  return rows
+
+
+def slope_rows() -> list[dict[str, Any]]:
+  """A second batch on v5e-8 for each program the table has at one batch only.
+
+  Two batches of a program give its line (HBM against the per-chip batch), and with it a
+  linear estimate of the largest batch on every slice that compiled the program once
+  (`search_estimate`): six compiles put an estimate in the largest-batch table's lines
+  (all but float32 with remat) before `search` spends two or more compiles on each base.
+  """
+  rows = [row(config, 'v5e:2x4', dtype=dtype, per_chip_batch=2)
+          for config in (VOC_AUG, VOC_CLASSIC) for dtype in ('bfloat16', 'float32')]
+  rows += [row(CITYSCAPES, 'v5e:2x4', method='supervised', dtype='float32', per_chip_batch=4),
+           row(CITYSCAPES, 'v5e:2x4', dtype='bfloat16', remat='blocks', per_chip_batch=4)]
   return rows
 
 
@@ -525,8 +542,9 @@ def selection(configs: str, topologies: str):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--rows', default='main', help='main, search, scaling, v6e, demo; '
-                      'comma-separated, run in that order')
+  parser.add_argument('--rows', default='main',
+                      help='main, slopes, scaling, search, v6e, demo; comma-separated, run '
+                      'in that order')
   parser.add_argument('--output', default=DEFAULT_OUTPUT)
   parser.add_argument('--configs', default='',
                       help='comma-separated substrings of the config path; only their rows')
@@ -546,8 +564,8 @@ def main(argv=None):
   if args.one:
     print(json.dumps(compile_row(json.loads(args.one))))
     return
-  builders = {'main': main_rows, 'scaling': scaling_rows, 'v6e': v6e_rows,
-              'demo': demo_rows}
+  builders = {'main': main_rows, 'slopes': slope_rows, 'scaling': scaling_rows,
+              'v6e': v6e_rows, 'demo': demo_rows}
   wanted = selection(args.configs, args.topologies)
   for name in args.rows.split(','):
     if name == 'search':
@@ -556,7 +574,8 @@ def main(argv=None):
         print(f'largest per-chip batch that fits: {largest} for {row_key(base)}', flush=True)
       continue
     if name not in builders:
-      raise SystemExit(f'Unknown row set {name!r}; use main, search, scaling, v6e or demo.')
+      raise SystemExit(f'Unknown row set {name!r}; use main, slopes, scaling, search, v6e '
+                       'or demo.')
     for r in pending(filter(wanted, builders[name]()), load_rows(args.output)):
       try:
         append_row(args.output, run_and_log(r, args.timeout_s))

@@ -258,6 +258,27 @@ def test_batch_search_line_ignores_the_batches_near_capacity():
   assert table.search_estimate(table.row(table.CITYSCAPES, 'v5e:4x4'), v4 + v5e_16) == 6
 
 
+def test_slope_rows_give_every_slice_of_their_programs_a_line():
+  once = table.main_rows() + table.v6e_rows()
+  slopes = table.slope_rows()
+  assert not {table.row_key(r) for r in slopes} & {table.row_key(r) for r in once}
+  def compiled(r):
+    return {**r, 'fits': True, 'hbm_gib': 1.0 + r['per_chip_batch'], 'hbm_capacity_gib': 100}
+  rows = [compiled(r) for r in once]
+  for s in slopes:
+    program = [r for r in once if table.program_key(r) == table.program_key(s)]
+    # The program was compiled once on this slice, at a smaller batch ...
+    (batch,) = [r['per_chip_batch'] for r in program if r['topology'] == s['topology']]
+    assert batch < s['per_chip_batch']
+    # ... and has no line anywhere before the slope row, one on every slice after it.
+    assert all(table.search_estimate(r, rows) is None for r in program)
+    assert all(table.search_estimate(r, rows + [compiled(s)]) is not None for r in program)
+  # With them, only float32 with remat (bfloat16 fits more without it) has no estimate.
+  rows += [compiled(s) for s in slopes]
+  no_line = [r for r in once if r['step'] == 'train' and table.search_estimate(r, rows) is None]
+  assert no_line and all((r['remat'], r['dtype']) == ('blocks', 'float32') for r in no_line)
+
+
 def test_configs_and_topologies_select_rows_and_search_bases():
   wanted = table.selection('cityscapes', 'v5e:2x4,v4:2x2x1')
   bases = list(filter(wanted, table.search_rows()))
