@@ -17,7 +17,8 @@ Row sets (`--rows`, comma-separated, run in the order given; all of them:
 - `slopes`: a second batch on v5e-8 of each program compiled at one batch only, so that
   every slice's largest batch has a linear estimate;
 - `scaling`: per-chip FLOPs and HBM against num_pairs, bank_size and crop size;
-- `search`: the largest per-chip batch that fits, for each config, dtype and slice: from
+- `search`: the largest per-chip batch that fits, for each config, dtype and slice (and
+  the float32 supervised baseline on v5e-8 and v4-8, first): from
   the linear estimate of two compiled batches (of this slice, else the slope of the same
   program on another slice), else by doubling, then bisecting; v5e-8 and v4-8 first;
 - `v6e`: the CTT steps on v6e-8, last (they need the most host memory and time);
@@ -388,7 +389,9 @@ def largest_batches(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def search_rows() -> list[dict[str, Any]]:
   """The bases whose largest fitting per-chip batch `--rows=search` finds."""
-  bases = []
+  # The supervised baseline first: one of its compiles takes ~3 minutes, a CTT one 10-20.
+  bases = [row(CITYSCAPES, topology, method='supervised', dtype='float32')
+           for topology in ('v5e:2x4', 'v4:2x2x1')]
   # v6e last: its ResNet-101 compiles take the most host memory and time (`v6e_rows`).
   for topologies in (('v5e:2x4', 'v4:2x2x1'), ('v5p:2x2x1',), ('v6e:2x4',)):
     for dtype in ('bfloat16', 'float32'):
