@@ -18,9 +18,9 @@ Row sets (`--rows`, comma-separated, run in the order given; all of them:
   every slice's largest batch has a linear estimate;
 - `scaling`: per-chip FLOPs and HBM against num_pairs, bank_size and crop size;
 - `search`: the largest per-chip batch that fits, for each config, dtype and slice (and
-  the float32 supervised baseline on v5e-8 and v4-8, first): from
-  the linear estimate of two compiled batches (of this slice, else the slope of the same
-  program on another slice), else by doubling, then bisecting; v5e-8 and v4-8 first;
+  the float32 supervised baseline on v5e-8 and v4-8, first): from the linear estimate of
+  two compiled batches (of this slice, else the slope of the same program on another
+  slice), else by doubling, then bisecting; v5e-8 and v4-8 first;
 - `v6e`: the CTT steps on v6e-8, last (they need the most host memory and time);
 - `demo`: the demo config (seconds).
 
