@@ -285,10 +285,12 @@ def test_configs_and_topologies_select_rows_and_search_bases():
   assert {(b['config'], b['topology']) for b in bases} == {
       (table.CITYSCAPES, 'v5e:2x4'), (table.CITYSCAPES, 'v4:2x2x1')}
   assert {b['dtype'] for b in bases} == {'bfloat16', 'float32'}
-  # The supervised baseline is searched too, first (its compiles are the cheapest).
-  assert [(b['method'], b['topology']) for b in bases[:2]] == [
-      ('supervised', 'v5e:2x4'), ('supervised', 'v4:2x2x1')]
-  assert {b['method'] for b in bases[2:]} == {'ctt'}
+  # The supervised baseline is searched too, first (its compiles are the cheapest), then
+  # bf16 with remat on v5e-8.
+  assert [(b['method'], b['topology'], b['remat']) for b in bases[:3]] == [
+      ('supervised', 'v5e:2x4', ''), ('supervised', 'v4:2x2x1', ''),
+      ('ctt', 'v5e:2x4', 'blocks')]
+  assert {(b['method'], b['remat']) for b in bases[3:]} == {('ctt', '')}
   voc = [r for r in table.main_rows() if table.selection('voc_aug,voc_classic', '')(r)]
   assert voc and all('voc' in r['config'] for r in voc)
   assert list(filter(table.selection('', ''), table.main_rows())) == table.main_rows()
