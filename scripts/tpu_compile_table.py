@@ -580,8 +580,8 @@ def main(argv=None):
         print(f'largest per-chip batch that fits: {largest} for {row_key(base)}', flush=True)
       continue
     if name not in builders:
-      raise SystemExit(f'Unknown row set {name!r}; use main, slopes, scaling, search, v6e '
-                       'or demo.')
+      raise SystemExit(f'Unknown row set {name!r}; use one of: '
+                       f"{', '.join(['search', *builders])}.")
     for r in pending(filter(wanted, builders[name]()), load_rows(args.output)):
       try:
         append_row(args.output, run_and_log(r, args.timeout_s))
