@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import statistics
 import sys
 import threading
@@ -41,6 +42,23 @@ def cpu_name() -> str:
   except OSError:
     pass
   return 'unknown'
+
+
+# The instruction-set extensions XLA:CPU (LLVM) may vectorise with. Two hosts can report the
+# same model name ("AMD EPYC" in a VM) with different ones, and then sum in another order.
+_VECTOR_FLAG = re.compile(r'^(sse4|avx|fma|f16c|amx)')
+
+
+def cpu_vector_features() -> list[str]:
+  """Sorted vector-ISA flags of this CPU from /proc/cpuinfo, [] where it cannot be read."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('flags'):
+          return sorted(v for v in line.split(':', 1)[1].split() if _VECTOR_FLAG.match(v))
+  except OSError:
+    pass
+  return []
 
 
 def json_default(value):

@@ -5,7 +5,7 @@
 `tests/test_step_regression.py` reruns the same steps and compares every loss and a digest
 of the final state with the recording: bitwise when run on the CPU model and jax version
 that recorded it, to a tight tolerance elsewhere (XLA:CPU's summation order differs
-between processor families). Re-record only in a commit that changes behaviour on purpose
+between vector instruction sets, which is why the CPU is named with its vector extensions). Re-record only in a commit that changes behaviour on purpose
 and says so.
 """
 from __future__ import annotations
@@ -36,9 +36,10 @@ COMMON = 'contrastive_start_step=0,batch_size=4'
 
 
 def cpu_model() -> str:
+  """Model name and vector extensions: the name alone is shared by VMs on different CPUs."""
   sys.path.insert(0, ROOT)
   from benchmarks import bench_utils  # pylint: disable=g-import-not-at-top
-  return bench_utils.cpu_name()
+  return f'{bench_utils.cpu_name()} [{" ".join(bench_utils.cpu_vector_features())}]'
 
 
 def _batches(config, count):
