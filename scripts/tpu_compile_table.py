@@ -16,7 +16,8 @@ Row sets (`--rows`, comma-separated, run in the order given; all of them:
   and the supervised step on v6e-8;
 - `slopes`: a second batch on v5e-8 of each program compiled at one batch only, so that
   every slice's largest batch has a linear estimate;
-- `scaling`: per-chip FLOPs and HBM against num_pairs, bank_size and crop size;
+- `scaling`: per-chip FLOPs and HBM against num_pairs, bank_size and crop size (a table of
+  their own in `--markdown`);
 - `search`: the largest per-chip batch that fits, for each config, dtype and slice (and
   the float32 supervised baseline on v5e-8 and v4-8 and bf16 with remat on v5e-8, first):
   from the linear estimate of two compiled batches (of this slice, else the slope of the
@@ -156,17 +157,24 @@ def scaling_rows() -> list[dict[str, Any]]:
   """
   from configs import common  # pylint: disable=g-import-not-at-top
   config = common.from_file(CITYSCAPES, ROOT)
+  return [row(CITYSCAPES, 'v5e:2x4', dtype='bfloat16', overrides=overrides)
+          for _, _, overrides in scaling_points()]
+
+
+def scaling_points() -> list[tuple[str, str, str]]:
+  """(axis, value, overrides) of each scaling row; the config's own value has none."""
+  from configs import common  # pylint: disable=g-import-not-at-top
+  config = common.from_file(CITYSCAPES, ROOT)
   axes = (('num_pairs', config.num_pairs, (1, 2, 3)),
           ('bank_size', config.bank_size, (128, 256, 512, 1024)),
           ('data.crop_size', tuple(config.data.crop_size),
            ((256, 512), (384, 768), (512, 1024))))
-  rows = []
+  points = []
   for key, default, values in axes:
     for value in values:
       text = 'x'.join(map(str, value)) if isinstance(value, tuple) else str(value)
-      rows.append(row(CITYSCAPES, 'v5e:2x4', dtype='bfloat16',
-                      overrides='' if value == default else f'{key}={text}'))
-  return rows
+      points.append((key, text, '' if value == default else f'{key}={text}'))
+  return points
 
 
 def slope_rows() -> list[dict[str, Any]]:
@@ -369,12 +377,13 @@ def next_batch_to_try(fits_by_batch: dict[int, bool], limit: int = 64,
 
 
 def largest_batches(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """Per base (every key field but the batch) of the train rows: the largest per-chip
-  batch compiled that fits, whether it is settled (the next one was compiled and does
-  not fit) and the linear estimate."""
+  """Per base (every key field but the batch) of the train rows of the configs as shipped:
+  the largest per-chip batch compiled that fits, whether it is settled (the next one was
+  compiled and does not fit) and the linear estimate. Rows with overrides are the
+  `scaling` rows, one batch each by design (`scaling_markdown`)."""
   bases: dict[tuple, list[dict[str, Any]]] = {}
   for r in rows:
-    if r['step'] == 'train' and r.get('hbm_gib') is not None:
+    if r['step'] == 'train' and r.get('hbm_gib') is not None and not r['overrides']:
       bases.setdefault(base_key(r), []).append(r)
   out = []
   for group in bases.values():
@@ -504,12 +513,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
           '| GiB moved / chip-step | roofline s | bound | collectives |')
   lines = [head, '|' + '---|' * (head.count('|') - 1)]
   for r in rows:
-    hbm = f"{r['hbm_gib']:.2f}"
-    if r.get('hbm_argument_gib') is not None and r.get('hbm_temp_gib') is not None:
-      hbm += f" ({r['hbm_argument_gib']:.2f} + {r['hbm_temp_gib']:.2f})"
     cells = [r['topology'], r['config'].replace('configs/', ''), r['method'], r['dtype'],
              r['remat'] or '-', per_chip_cell(r), r['overrides'] or '-', r['step'],
-             f"{hbm} of {r['hbm_capacity_gib']:g}",
+             f"{hbm_cell(r)} of {r['hbm_capacity_gib']:g}",
              'yes' if r['fits'] else 'NO',
              '-' if r['tflop_per_chip_step'] is None else f"{r['tflop_per_chip_step']:.2f}",
              '-' if r.get('gib_accessed_per_chip_step') is None
@@ -520,16 +526,41 @@ def markdown(rows: list[dict[str, Any]]) -> str:
   return '\n'.join(lines)
 
 
+def hbm_cell(r: dict[str, Any]) -> str:
+  """'6.86 (1.46 + 4.93)': HBM per chip, with arguments + temporaries where reported."""
+  hbm = f"{r['hbm_gib']:.2f}"
+  if r.get('hbm_argument_gib') is not None and r.get('hbm_temp_gib') is not None:
+    hbm += f" ({r['hbm_argument_gib']:.2f} + {r['hbm_temp_gib']:.2f})"
+  return hbm
+
+
+def scaling_markdown(rows: list[dict[str, Any]]) -> str:
+  """The `scaling` rows as their own table: one axis varied at a time from the config."""
+  head = ('| varied | value | HBM GiB / chip (args + temps) | TFLOP / chip-step '
+          '| GiB moved / chip-step | roofline s | collectives |')
+  lines = [head, '|' + '---|' * (head.count('|') - 1)]
+  for (axis, value, _), wanted in zip(scaling_points(), scaling_rows()):
+    r = find(rows, wanted)
+    if r is None or r.get('hbm_gib') is None:
+      cells = [axis, value, 'not compiled yet', '-', '-', '-', '-']
+    else:
+      cells = [axis, value, hbm_cell(r), f"{r['tflop_per_chip_step']:.2f}",
+               f"{r['gib_accessed_per_chip_step']:.1f}", f"{r['roofline_s']:.3f}",
+               collectives_cell(r.get('collectives'))]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
 def largest_batch_markdown(rows: list[dict[str, Any]]) -> str:
   """The largest per-chip batch that fits, per slice, config, method, dtype and remat."""
-  head = ('| slice | config | method | dtype | remat | extra | largest per-chip batch that '
+  head = ('| slice | config | method | dtype | remat | largest per-chip batch that '
           'fits | batches compiled | linear estimate |')
   lines = [head, '|' + '---|' * (head.count('|') - 1)]
   for b in largest_batches(rows):
     largest = (f"{b['largest_fitting']}" if b['settled']
                else f">= {b['largest_fitting']} (not settled)")
     cells = [b['topology'], b['config'].replace('configs/', ''), b['method'], b['dtype'],
-             b['remat'] or '-', b['overrides'] or '-', largest,
+             b['remat'] or '-', largest,
              ', '.join(map(str, b['compiled'])),
              '-' if b['linear_estimate'] is None else str(b['linear_estimate'])]
     lines.append('| ' + ' | '.join(cells) + ' |')
@@ -559,13 +590,16 @@ def main(argv=None):
   parser.add_argument('--timeout_s', type=float, default=3 * 3600,
                       help='per row (a loaded 2-core machine took over an hour)')
   parser.add_argument('--markdown', action='store_true',
-                      help='print the rows of --output as a table and exit')
+                      help='print the rows of --output as three tables (every row, the '
+                      'largest batches, the scaling rows) and exit')
   parser.add_argument('--one', help=argparse.SUPPRESS)  # child: compile one JSON row
   args = parser.parse_args(argv)
   if args.markdown:
     print(markdown(load_rows(args.output)))
     print()
     print(largest_batch_markdown(load_rows(args.output)))
+    print()
+    print(scaling_markdown(load_rows(args.output)))
     return
   if args.one:
     print(json.dumps(compile_row(json.loads(args.one))))

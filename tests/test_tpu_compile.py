@@ -359,3 +359,27 @@ def test_settings_are_checked_before_anything_compiles():
     tpu_compile.compile_report(demo.get_config('batch_size=6'), 'v5e:2x2')
   with pytest.raises(tpu_compile.CompileCheckError, match="model.remat='blocks' has no effect"):
     tpu_compile.compile_report(demo.get_config('model.remat=blocks'), 'v5e:2x2')
+
+
+def test_scaling_rows_have_a_table_of_their_own():
+  points = table.scaling_points()
+  assert [(axis, value) for axis, value, _ in points] == [
+      ('num_pairs', '1'), ('num_pairs', '2'), ('num_pairs', '3'),
+      ('bank_size', '128'), ('bank_size', '256'), ('bank_size', '512'),
+      ('bank_size', '1024'), ('data.crop_size', '256x512'), ('data.crop_size', '384x768'),
+      ('data.crop_size', '512x1024')]
+  # The config's own value is one row (no overrides), shared by the three axes.
+  own = [overrides for _, _, overrides in points if not overrides]
+  assert len(own) == 3 and len({table.row_key(r) for r in table.scaling_rows()}) == 8
+  compiled = {**table.scaling_rows()[0], 'fits': True, 'hbm_gib': 2.43,
+              'hbm_argument_gib': 0.73, 'hbm_temp_gib': 1.5, 'hbm_capacity_gib': 16,
+              'tflop_per_chip_step': 2.05, 'gib_accessed_per_chip_step': 32.4,
+              'roofline_s': 0.043, 'bound': 'HBM', 'collectives': {'all-gather': 1}}
+  lines = table.scaling_markdown([compiled]).split('\n')
+  assert len(lines) == 2 + len(points)
+  assert lines[2] == '| num_pairs | 1 | 2.43 (0.73 + 1.50) | 2.05 | 32.4 | 0.043 | 1 ag |'
+  assert lines[3] == '| num_pairs | 2 | not compiled yet | - | - | - | - |'
+  # The scaling rows are one batch each by design: not lines of the largest-batch table.
+  assert table.largest_batches([compiled]) == []
+  shipped = {**compiled, **table.row(table.CITYSCAPES, 'v5e:2x4', dtype='bfloat16')}
+  assert len(table.largest_batches([compiled, shipped])) == 1
