@@ -155,10 +155,11 @@ def scaling_rows() -> list[dict[str, Any]]:
   A value the config already has is its row without an override, so the config's own
   row (also in `main`) is compiled once, not once per axis.
   """
-  from configs import common  # pylint: disable=g-import-not-at-top
-  config = common.from_file(CITYSCAPES, ROOT)
-  return [row(CITYSCAPES, 'v5e:2x4', dtype='bfloat16', overrides=overrides)
-          for _, _, overrides in scaling_points()]
+  return [scaling_row(overrides) for _, _, overrides in scaling_points()]
+
+
+def scaling_row(overrides: str) -> dict[str, Any]:
+  return row(CITYSCAPES, 'v5e:2x4', dtype='bfloat16', overrides=overrides)
 
 
 def scaling_points() -> list[tuple[str, str, str]]:
@@ -539,8 +540,8 @@ def scaling_markdown(rows: list[dict[str, Any]]) -> str:
   head = ('| varied | value | HBM GiB / chip (args + temps) | TFLOP / chip-step '
           '| GiB moved / chip-step | roofline s | collectives |')
   lines = [head, '|' + '---|' * (head.count('|') - 1)]
-  for (axis, value, _), wanted in zip(scaling_points(), scaling_rows()):
-    r = find(rows, wanted)
+  for axis, value, overrides in scaling_points():
+    r = find(rows, scaling_row(overrides))
     if r is None or r.get('hbm_gib') is None:
       cells = [axis, value, 'not compiled yet', '-', '-', '-', '-']
     else:
