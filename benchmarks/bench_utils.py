@@ -33,15 +33,20 @@ def median(values):
   return float(statistics.median(values))
 
 
-def cpu_name() -> str:
+def _cpuinfo(field: str) -> str:
+  """The first value of `field` in /proc/cpuinfo, '' where it cannot be read."""
   try:
     with open('/proc/cpuinfo') as f:
       for line in f:
-        if line.startswith('model name'):
+        if line.startswith(field):
           return line.split(':', 1)[1].strip()
   except OSError:
     pass
-  return 'unknown'
+  return ''
+
+
+def cpu_name() -> str:
+  return _cpuinfo('model name') or 'unknown'
 
 
 # The instruction-set extensions XLA:CPU (LLVM) may vectorise with. Two hosts can report the
@@ -50,15 +55,8 @@ _VECTOR_FLAG = re.compile(r'^(sse4|avx|fma|f16c|amx)')
 
 
 def cpu_vector_features() -> list[str]:
-  """Sorted vector-ISA flags of this CPU from /proc/cpuinfo, [] where it cannot be read."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('flags'):
-          return sorted(v for v in line.split(':', 1)[1].split() if _VECTOR_FLAG.match(v))
-  except OSError:
-    pass
-  return []
+  """Sorted vector-ISA flags of this CPU, [] where /proc/cpuinfo cannot be read."""
+  return sorted(v for v in _cpuinfo('flags').split() if _VECTOR_FLAG.match(v))
 
 
 def json_default(value):
