@@ -137,9 +137,10 @@ def main_rows() -> list[dict[str, Any]]:
 def v6e_rows() -> list[dict[str, Any]]:
   """The paper configs' CTT steps on v6e-8, a row set of their own (run it last).
 
-  The Cityscapes one held 22.5 GB of host memory after 95 minutes when the OOM killer
-  took it on a 24 GB machine (2026-11-30), and every config is the same ResNet-101 pair
-  of students: run these alone on the machine, after `main`, `search` and `scaling`.
+  The Cityscapes one needs about 22 GB of host memory: alone it compiled in 1069 s with
+  21.9 GB in use (2026-12-01); beside a 3 GB training run the OOM killer took it at
+  22.5 GB on a 24 GB machine without swap (2026-11-30). Every config is the same
+  ResNet-101 pair of students: run these alone on the machine.
   """
   rows = [row(CITYSCAPES, 'v6e:2x4', dtype='bfloat16', per_chip_batch=2)]
   rows.append(row(CITYSCAPES, 'v6e:2x4', dtype='float32', per_chip_batch=2))
