@@ -425,8 +425,8 @@ def search_estimate(base: dict[str, Any], rows: list[dict[str, Any]]) -> Optiona
   batches that fit, else, with one, the line through it with the slope of the same
   program on another slice (that slice's two smallest that fit).
 
-  One program's HBM per chip differs by 1.7-6.0% between v4, v5e, v5p and a multi-host
-  v5e slice (the table's programs compiled on several slices, 2026-11-30), so another
+  One program's HBM per chip differs by 3.1-7.0% between v4, v5e, v5p, v6e and a
+  multi-host v5e slice (the table's programs compiled on several slices, 2026-12-01), so another
   slice's line is a good first guess; the search still compiles the batches that settle
   it.
   """
