@@ -351,7 +351,12 @@ def linear_estimate(hbm_by_batch: dict[int, float], capacity_gib: float) -> Opti
   return max(0, math.floor(p1 + (capacity_gib - h1) / slope))
 
 
-def next_batch_to_try(fits_by_batch: dict[int, bool], limit: int = 64,
+# The largest per-chip batch the search compiles: past it a slice's batch is no longer what
+# bounds a run (v5p's 95 GiB would take the supervised step at about 143 per chip).
+SEARCH_LIMIT = 64
+
+
+def next_batch_to_try(fits_by_batch: dict[int, bool], limit: int = SEARCH_LIMIT,
                       estimate: Optional[int] = None) -> Optional[int]:
   """The next per-chip batch to compile, at most `limit`; None when the largest that fits
   is known (or is `limit`).
@@ -380,9 +385,15 @@ def next_batch_to_try(fits_by_batch: dict[int, bool], limit: int = 64,
 
 def largest_batches(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   """Per base (every key field but the batch) of the train rows of the configs as shipped:
-  the largest per-chip batch compiled that fits, whether it is settled (the next one was
-  compiled and does not fit) and the linear estimate. Rows with overrides are the
-  `scaling` rows, one batch each by design (`scaling_markdown`)."""
+  the largest per-chip batch compiled that fits, its status and the linear estimate.
+  Rows with overrides are the `scaling` rows, one batch each by design
+  (`scaling_markdown`).
+
+  The status: 'settled' (the next batch was compiled and does not fit), 'search limit'
+  (`SEARCH_LIMIT` fits), 'not settled' (a base of `search_rows` the search has not
+  finished) or 'not searched' (a base compiled for the table at one or two batches only).
+  """
+  searched = {base_key(b) for b in search_rows()}
   bases: dict[tuple, list[dict[str, Any]]] = {}
   for r in rows:
     if r['step'] == 'train' and r.get('hbm_gib') is not None and not r['overrides']:
@@ -392,8 +403,16 @@ def largest_batches(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     fits = {r['per_chip_batch']: bool(r['fits']) for r in group}
     largest = max([p for p, ok in fits.items() if ok], default=0)
     estimate = search_estimate(group[0], rows)
+    if fits.get(largest + 1) is False:
+      status = 'settled'
+    elif largest >= SEARCH_LIMIT:
+      status = 'search limit'
+    elif base_key(group[0]) in searched:
+      status = 'not settled'
+    else:
+      status = 'not searched'
     out.append({**{f: group[0][f] for f in KEY_FIELDS if f != 'per_chip_batch'},
-                'largest_fitting': largest, 'settled': fits.get(largest + 1) is False,
+                'largest_fitting': largest, 'status': status,
                 'compiled': sorted(fits), 'linear_estimate': estimate})
   return out
 
@@ -402,10 +421,13 @@ def search_rows() -> list[dict[str, Any]]:
   """The bases whose largest fitting per-chip batch `--rows=search` finds."""
   # The supervised baseline first: one of its compiles takes ~3 minutes, a CTT one 10-20.
   bases = [row(CITYSCAPES, topology, method='supervised', dtype='float32')
-           for topology in ('v5e:2x4', 'v4:2x2x1')]
+           for topology in ('v5e:2x4', 'v4:2x2x1', 'v5p:2x2x1', 'v6e:2x4')]
   # Then what remat buys on the smallest chip (bf16 4 + 4 on v5e-8: 7.39 GiB with it,
   # 11.17 without).
   bases.append(row(CITYSCAPES, 'v5e:2x4', dtype='bfloat16', remat='blocks'))
+  # The multi-host slice (4 hosts of 4 chips) in the dtype the paper config needs on v5e
+  # for 2 + 2 and more: the same per-chip program as v5e-8 but for the collectives.
+  bases.append(row(CITYSCAPES, 'v5e:4x4', dtype='bfloat16'))
   # v6e last: its ResNet-101 compiles take the most host memory and time (`v6e_rows`).
   for topologies in (('v5e:2x4', 'v4:2x2x1'), ('v5p:2x2x1',), ('v6e:2x4',)):
     for dtype in ('bfloat16', 'float32'):
@@ -559,8 +581,8 @@ def largest_batch_markdown(rows: list[dict[str, Any]]) -> str:
           'fits | batches compiled | linear estimate |')
   lines = [head, '|' + '---|' * (head.count('|') - 1)]
   for b in largest_batches(rows):
-    largest = (f"{b['largest_fitting']}" if b['settled']
-               else f">= {b['largest_fitting']} (not settled)")
+    largest = (f"{b['largest_fitting']}" if b['status'] == 'settled'
+               else f">= {b['largest_fitting']} ({b['status']})")
     cells = [b['topology'], b['config'].replace('configs/', ''), b['method'], b['dtype'],
              b['remat'] or '-', largest,
              ', '.join(map(str, b['compiled'])),

@@ -203,11 +203,24 @@ def test_batch_search_starts_from_the_linear_estimate():
            'hbm_gib': 2.0 + 3 * p, 'hbm_capacity_gib': 16} for p in (1, 2, 4, 5)]
   rows.append({**table.row(table.CITYSCAPES, 'v4:2x2x1', per_chip_batch=2), 'fits': True,
                'hbm_gib': 9.0, 'hbm_capacity_gib': 32})
-  found = {b['topology']: b for b in table.largest_batches(rows)}
-  assert (found['v5e:2x4']['largest_fitting'], found['v5e:2x4']['settled']) == (4, True)
-  assert found['v5e:2x4']['linear_estimate'] == 4
-  assert (found['v4:2x2x1']['largest_fitting'], found['v4:2x2x1']['settled']) == (2, False)
-  assert '>= 2 (not settled)' in table.largest_batch_markdown(rows)
+  # The search's limit fits on v5p; v5e 4x4 and remat in float32 are not searched.
+  rows.append({**table.row(table.CITYSCAPES, 'v5p:2x2x1', per_chip_batch=table.SEARCH_LIMIT),
+               'fits': True, 'hbm_gib': 80.0, 'hbm_capacity_gib': 95})
+  rows.append({**table.row(table.CITYSCAPES, 'v5e:4x4', per_chip_batch=2), 'fits': True,
+               'hbm_gib': 8.0, 'hbm_capacity_gib': 16})
+  rows.append({**table.row(table.CITYSCAPES, 'v4:2x2x1', per_chip_batch=2, remat='blocks'),
+               'fits': True, 'hbm_gib': 7.0, 'hbm_capacity_gib': 32})
+  found = {(b['topology'], b['remat']): (b['largest_fitting'], b['status'])
+           for b in table.largest_batches(rows)}
+  assert found == {('v5e:2x4', ''): (4, 'settled'), ('v4:2x2x1', ''): (2, 'not settled'),
+                   ('v5p:2x2x1', ''): (table.SEARCH_LIMIT, 'search limit'),
+                   ('v5e:4x4', ''): (2, 'not searched'),
+                   ('v4:2x2x1', 'blocks'): (2, 'not searched')}
+  assert [b['linear_estimate'] for b in table.largest_batches(rows[:4])] == [4]
+  markdown = table.largest_batch_markdown(rows)
+  assert '| 4 |' in markdown and '>= 2 (not settled)' in markdown
+  assert f'>= {table.SEARCH_LIMIT} (search limit)' in markdown
+  assert markdown.count('(not searched)') == 2
 
 
 def test_batch_search_borrows_the_line_of_the_same_program_on_another_slice():
