@@ -449,10 +449,11 @@ def search_estimate(base: dict[str, Any], rows: list[dict[str, Any]]) -> Optiona
   batches that fit, else, with one, the line through it with the slope of the same
   program on another slice (that slice's two smallest that fit).
 
-  One program's HBM per chip differs by 3.1-7.0% between v4, v5e, v5p, v6e and a
-  multi-host v5e slice (the table's programs compiled on several slices, 2026-12-01), so
-  another slice's line is a good first guess; the search still compiles the batches that
-  settle it.
+  One program's HBM per chip differs by 0.1-7.0% between v4, v5e, v5p, v6e and a
+  multi-host v5e slice (the table's programs compiled on several slices, 2026-12-01)
+  away from the chip's capacity (near it v4's compiler recomputes: the supervised step at
+  64 per chip needs 28.74 GiB on v4-8, 40.29 on v5p-8), so another slice's line is a good
+  first guess; the search still compiles the batches that settle it.
   """
   def points(rs):  # the batches that fit (a refused compile reports only temporaries)
     return {r['per_chip_batch']: r['hbm_gib'] for r in rs
