@@ -193,6 +193,8 @@ def test_batch_search_starts_from_the_linear_estimate():
   assert table.next_batch_to_try({1: True, 2: True, 4: True, 5: False}, estimate=4) is None
   # An estimate outside what is known is pulled inside the bracket.
   assert table.next_batch_to_try({1: True, 2: True, 8: False}, estimate=12) == 7
+  # A line that missed by one batch: the next batch is the edge.
+  assert table.next_batch_to_try({2: True, 29: True, 30: True}, estimate=29) == 31
   # A line that proved too low is dropped: double, then bisect.
   assert table.next_batch_to_try({1: True, 4: True}, estimate=2) == 8
   assert table.next_batch_to_try({1: True, 4: True, 8: False}, estimate=2) == 6
