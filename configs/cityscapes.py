@@ -14,4 +14,5 @@ SPLITS = ('1_30', '1_16', '1_8', '1_4', '1_2', 'full')
 
 def get_config(arg=None):
   return common.dataset_config('cityscapes', arg, SPLITS, '1_30',
-                               {**common.CAFFE_INPUT, 'model.head': 'aspp_se'})
+                               {**common.CAFFE_INPUT, 'model.head': 'aspp_se'},
+                               default_recipe='authors')

@@ -25,6 +25,11 @@ def base_config() -> ml_collections.ConfigDict:
   """CTT with the paper's settings (SPEC "Losses", "Teachers", "Optimisation")."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # Which reading of the method the config starts from (`RECIPES`, docs/FIDELITY.md):
+  # 'paper' (the paper's text as this project reads it: the values below) or 'authors'
+  # (the authors' released code). Set it in the config argument (`...:1_30,recipe=paper`),
+  # where it is applied before the other overrides; every row stays overridable.
+  c.recipe = 'paper'
 
   # --- method (SPEC "Methods") ---
   c.method = 'ctt'  # supervised|mean_teacher|mutual|dual_teacher|ctt|ensemble|self_training
@@ -42,13 +47,41 @@ def base_config() -> ml_collections.ConfigDict:
   c.phi = 0.75
   c.hc_temperature = 0.5
   c.lc_temperature = 0.5
+  # Which confidence picks the contrastive anchors: 'student' (Eq. 7: HC's anchors are the
+  # pixels where student k's own confidence > phi, LC's the others) or 'teacher' (the
+  # authors' code: HC takes every labeled pixel and the unlabeled pixels where the teacher
+  # supervising student k is confident (>= phi); LC the unlabeled pixels where it is not).
+  c.contrastive_anchors = 'student'
+  # LC's class of an anchor: 'pseudo_label' (the supervising teacher's, as HC) or
+  # 'peer_student' (the authors' code: the argmax of the peer student whose feature is
+  # the positive).
+  c.lc_class = 'pseudo_label'
+  # Teachers make pseudo-labels and bank features in 'eval' mode (running statistics, no
+  # dropout) or 'train' mode (the authors' code: batch statistics and dropout on; the
+  # teachers' running statistics still follow the students' by EMA).
+  c.teacher_mode = 'eval'
+  # ClassMix masks: 'shared' (one mask per image from the pseudo-labelling networks' mean
+  # softmax, the same for every student, with one jitter/blur draw) or 'per_student' (the
+  # authors' code: student k's mask from the argmax of the teachers that supervise it,
+  # with its own jitter/blur draws, so each student sees its own mixed input).
+  c.classmix_mask = 'shared'
+  # How many of an image's n classes ClassMix pastes: 'half_up' ceil(n/2), 'half_down'
+  # floor(n/2) (the authors' code).
+  c.classmix_classes = 'half_up'
   c.lambda_sup = 1.0
   c.lambda_ct = 1.0
   c.lambda_hc = 0.1
   c.lambda_lc = 0.1
   # Memory bank (SPEC "Memory bank").
   c.bank_size = 128
-  c.k_per_step = -1  # -1: max(1, num_labeled // bank_size)
+  c.k_per_step = -1  # -1: by `bank_k_rule`
+  # k when k_per_step is -1: 'per_labeled' max(1, N_L // N), or 'authors'
+  # max(floor(2 N / N_L), batch_size) (their add_to_memory_bank), N_L labeled images.
+  c.bank_k_rule = 'per_labeled'
+  # Candidates are ranked by the teacher's max 'softmax' or max raw 'logit' (the authors'
+  # code) and must score >= bank_min_score (0.95 on the logit in the authors' code).
+  c.bank_score = 'softmax'
+  c.bank_min_score = 0.0
   c.contrastive_start_step = -1  # -1: contrastive terms start when every queue is full
   c.bank_push = 'after_update'  # SPEC; 'before_update' = paper's Algorithm 1, cheaper;
   # 'none' = never push (benchmarks/step_benchmark.py: the step without the bank)
@@ -72,6 +105,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.strong_aug.blur_sigma_min = 0.1
   c.strong_aug.blur_sigma_max = 2.0
   c.strong_aug.cutmix_area = 0.5
+  # 'image': each image draws its own jitter / blur coin and blur sigma; 'batch': one coin
+  # and one sigma for the whole batch (the authors' code; jitter factors stay per image).
+  c.strong_aug.coin = 'image'
+  # 'jitter_then_mix' (each half of a mixed image keeps its own image's jitter) or
+  # 'mix_then_jitter' (the authors' code: the mixed image is jittered as one).
+  c.strong_aug.order = 'jitter_then_mix'
   # Self-training stage 2 reads its fixed teacher from the stage-1 (`supervised`) workdir.
   c.self_training_teacher_workdir = ''
 
@@ -89,6 +128,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.ignore_label = 255
   c.image_mean = (0.485, 0.456, 0.406)  # ImageNet, on [0, 1] images
   c.image_std = (0.229, 0.224, 0.225)
+  # Bilinear upsampling of logits and nearest downsampling of labels: 'half_pixel' (pixel
+  # centres, jax.image) or 'align_corners' (the authors' code: PyTorch's align_corners=True
+  # for logits, its legacy 'nearest' floor(i * in / out) for labels).
+  c.resize_convention = 'half_pixel'
 
   # --- model (ctt_jax.models.get_model) ---
   c.model = ml_collections.ConfigDict()
@@ -104,6 +147,9 @@ def base_config() -> ml_collections.ConfigDict:
   # (ASPP conv-GN-ReLU branches, squeeze-excitation, conv-GN, dropout 0.1; signed
   # features, models/ctt_head.py); 'bottleneck' = 1x1 conv-BN-ReLU features + ASPP-V2.
   c.model.head = 'bottleneck'
+  # The 'aspp_se' head's initialisation: 'paper' (Kaiming convs, classifier N(0, 0.001))
+  # or 'authors' (their ResNet's constructor re-draws every conv N(0, 0.01)).
+  c.model.head_init = 'paper'
   c.model.freeze_bn = True
   c.model.dtype = 'float32'  # or bfloat16 (compute; params stay float32)
   # Backbone rematerialisation: '' (store all activations), 'blocks' or 'stages' (store only
@@ -164,6 +210,36 @@ def base_config() -> ml_collections.ConfigDict:
 # The DeepLabV2 "caffe" checkpoints (converted with --bgr-to-rgb) expect 0..255 inputs minus
 # the Caffe mean, not divided by a std: the paper configs default to that scaling.
 CAFFE_INPUT = {'image_mean': (0.48108, 0.45753, 0.40787), 'image_std': (1 / 255,) * 3}
+
+
+# The two readings of the method, each a set of rows (docs/FIDELITY.md lists every row with
+# the authors' file and line). 'paper' is base_config() itself; 'authors' is what their
+# released code (first upload, with HC and LC at 0.1) trains. A dataset config adds its own
+# rows of a recipe (input scaling, augmentation, evaluation) with `recipe_settings`.
+RECIPES = {
+    'paper': {},
+    'authors': {
+        'model.freeze_bn': False,
+        'teacher_mode': 'train',
+        'classmix_mask': 'per_student',
+        'classmix_classes': 'half_down',
+        'strong_aug.coin': 'batch',
+        'strong_aug.order': 'mix_then_jitter',
+        'strong_aug.brightness': 0.25, 'strong_aug.contrast': 0.25,
+        'strong_aug.saturation': 0.25, 'strong_aug.hue': 0.25,
+        'strong_aug.blur_sigma_min': 0.15, 'strong_aug.blur_sigma_max': 1.15,
+        'contrastive_anchors': 'teacher',
+        'hc_temperature': 0.1,
+        'directional_mask': False,
+        'lc_class': 'peer_student',
+        'bank_size': 256,
+        'bank_k_rule': 'authors',
+        'bank_score': 'logit',
+        'bank_min_score': 0.95,
+        'model.head_init': 'authors',
+        'resize_convention': 'align_corners',
+    },
+}
 
 
 def _parse_value(text: str, current):
@@ -293,13 +369,25 @@ def apply_dataset_defaults(config: ml_collections.ConfigDict, dataset: str):
 
 
 def dataset_config(dataset: str, arg: str | None, splits: tuple[str, ...],
-                   default_split: str, settings: Mapping[str, Any] | None = None
+                   default_split: str, settings: Mapping[str, Any] | None = None, *,
+                   default_recipe: str = 'paper',
+                   recipe_settings: Mapping[str, Mapping[str, Any]] | None = None
                    ) -> ml_collections.ConfigDict:
-  """base_config() + the dataset's defaults + `settings` (dotted keys) + the partition and
-  overrides of `arg` (which win)."""
+  """base_config() + the dataset's defaults + the recipe's rows + `settings` (dotted keys)
+  + the dataset's own rows of the recipe + the partition and overrides of `arg` (which
+  win). A `recipe=NAME` override of `arg` chooses the recipe before anything else."""
   config = apply_dataset_defaults(base_config(), dataset)
-  update(config, settings or {})
   split, overrides = split_arg(arg)
+  recipe = default_recipe
+  for item in [o for o in overrides if o.partition('=')[0].strip() == 'recipe']:
+    recipe = item.partition('=')[2].strip()
+    overrides.remove(item)
+  if recipe not in RECIPES:
+    raise ValueError(f'Unknown recipe {recipe!r}; valid: {", ".join(RECIPES)}.')
+  config.recipe = recipe
+  update(config, RECIPES[recipe])
+  update(config, settings or {})
+  update(config, (recipe_settings or {}).get(recipe, {}))
   split = split or default_split
   if split not in splits:
     raise ValueError(f'Unknown partition {split!r} for {dataset}; valid: '

@@ -34,7 +34,9 @@ def test_config_builds_a_model_and_state_from_shapes(name):
 
 def test_paper_settings_of_the_cityscapes_config():
   config = importlib.import_module('configs.cityscapes').get_config('1_8')
-  assert (config.method, config.num_pairs, config.bank_size, config.phi) == ('ctt', 2, 128, .75)
+  # The authors' recipe: their bank of 256 per class.
+  assert config.recipe == 'authors'
+  assert (config.method, config.num_pairs, config.bank_size, config.phi) == ('ctt', 2, 256, .75)
   assert (config.lr, config.momentum, config.weight_decay, config.total_steps) == (
       2.5e-4, 0.9, 5e-4, 80_000)
   assert tuple(config.data.crop_size) == (256, 512) and config.batch_size == 2
@@ -63,3 +65,22 @@ def test_unknown_key_and_split_fail_with_the_valid_ones():
   assert common.split_arg('a=(1,2),1_8,b=[3, 4]') == ('1_8', ['a=(1,2)', 'b=[3, 4]'])
   for text in ('96x128', '(96, 128)', '96:128'):
     assert cityscapes.get_config(f'1_8,data.crop_size={text}').data.crop_size == (96, 128)
+
+
+def test_a_recipe_sets_its_rows_before_the_other_overrides():
+  cityscapes = importlib.import_module('configs.cityscapes')
+  authors = cityscapes.get_config('1_8')
+  paper = cityscapes.get_config('1_8,phi=0.8,recipe=paper')
+  assert paper.recipe == 'paper' and paper.phi == 0.8
+  base = common.base_config()
+  for key, value in common.RECIPES['authors'].items():
+    node_a, node_p, node_b = authors, paper, base
+    for part in key.split('.'):
+      node_a, node_p, node_b = node_a[part], node_p[part], node_b[part]
+    assert node_a == value, key
+    assert node_p == node_b, key  # the paper recipe is base_config's reading
+  # An override of a row wins over the recipe, wherever it stands in the argument.
+  assert cityscapes.get_config('1_8,hc_temperature=0.3').hc_temperature == 0.3
+  assert cityscapes.get_config('1_8,hc_temperature=0.3,recipe=paper').hc_temperature == 0.3
+  with pytest.raises(ValueError, match=r"Unknown recipe 'autors'; valid: paper, authors"):
+    cityscapes.get_config('1_8,recipe=autors')
