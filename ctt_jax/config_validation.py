@@ -118,6 +118,7 @@ PERIOD = integer(1)
 # One rule per key of configs.common.base_config(); see that function for their meaning.
 SCHEMA: dict[str, Rule] = {
     'seed': integer(),
+    'recipe': one_of('paper', 'authors'),
     # method
     'method': one_of(*METHODS),
     'num_pairs': integer(1),
@@ -132,12 +133,20 @@ SCHEMA: dict[str, Rule] = {
     'phi': PROBABILITY,  # [0, 1]: the paper's Table 8 uses 0.0 and 1.0
     'hc_temperature': POSITIVE,
     'lc_temperature': POSITIVE,
+    'contrastive_anchors': one_of('student', 'teacher'),
+    'lc_class': one_of('pseudo_label', 'peer_student'),
+    'teacher_mode': one_of('eval', 'train'),
+    'classmix_mask': one_of('shared', 'per_student'),
+    'classmix_classes': one_of('half_up', 'half_down'),
     'lambda_sup': NON_NEGATIVE,
     'lambda_ct': NON_NEGATIVE,
     'lambda_hc': NON_NEGATIVE,
     'lambda_lc': NON_NEGATIVE,
     'bank_size': integer(1),
     'k_per_step': integer(1, also=(-1,)),
+    'bank_k_rule': one_of('per_labeled', 'authors'),
+    'bank_score': one_of('softmax', 'logit'),
+    'bank_min_score': number(),
     'contrastive_start_step': integer(0, also=(-1,)),
     'bank_push': one_of(*methods.BANK_PUSH_MODES),
     'ema_decay': number(0, 1, hi_open=True),
@@ -153,6 +162,8 @@ SCHEMA: dict[str, Rule] = {
     'strong_aug.blur_sigma_min': POSITIVE,
     'strong_aug.blur_sigma_max': POSITIVE,
     'strong_aug.cutmix_area': number(0, 1, lo_open=True, hi_open=True),
+    'strong_aug.coin': one_of('image', 'batch'),
+    'strong_aug.order': one_of('jitter_then_mix', 'mix_then_jitter'),
     'self_training_teacher_workdir': string(),
     # optimisation
     'lr': POSITIVE,
@@ -167,6 +178,7 @@ SCHEMA: dict[str, Rule] = {
     'ignore_label': integer(),
     'image_mean': triple(lo_open=False),
     'image_std': triple(lo_open=True),
+    'resize_convention': one_of('half_pixel', 'align_corners'),
     # model
     'model.name': one_of(*MODEL_NAMES),
     'model.backbone': one_of(*BACKBONES),
@@ -180,6 +192,7 @@ SCHEMA: dict[str, Rule] = {
     'model.dtype': one_of('float32', 'bfloat16'),
     'model.remat': one_of('', 'blocks', 'stages'),
     'model.head': one_of('bottleneck', 'aspp_se'),  # DeepLabV2's head
+    'model.head_init': one_of('paper', 'authors'),
     'model.conv_impl': one_of('auto', 'xla', 'im2col'),
     'model.pretrained': string(),
     'model.skip_head': boolean(),

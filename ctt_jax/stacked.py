@@ -44,23 +44,26 @@ def map_networks(fn: Callable[[PyTree], PyTree], variables: PyTree, how: str) ->
 
 
 def apply(model, params: PyTree, batch_stats: PyTree, images, *, train: bool, how: str,
-          dropout_rng=None):
-  """Every network on the same images: (outputs [n, ...], batch_stats [n, ...]).
+          dropout_rng=None, images_per_network: bool = False):
+  """Every network on the same images, or network k on images[k] with
+  `images_per_network`: (outputs [n, ...], batch_stats [n, ...]).
 
   In train mode batch-norm uses batch statistics and the returned statistics are the
   updated running averages, and with `dropout_rng` each network draws its own dropout
   masks; in eval mode the statistics are returned unchanged and nothing is dropped.
   """
   def one(variables):
+    x = variables['images'] if images_per_network else images
+    network = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
     if train:
       rngs = {'dropout': variables['rng']} if 'rng' in variables else {}
-      out, updates = model.apply(
-          {'params': variables['params'], 'batch_stats': variables['batch_stats']}, images,
-          train=True, mutable=['batch_stats'], rngs=rngs)
+      out, updates = model.apply(network, x, train=True, mutable=['batch_stats'], rngs=rngs)
       return out, updates.get('batch_stats', variables['batch_stats'])
-    return model.apply(variables, images, train=False), variables['batch_stats']
+    return model.apply(network, x, train=False), variables['batch_stats']
 
   tree = {'params': params, 'batch_stats': batch_stats}
+  if images_per_network:
+    tree['images'] = images
   if train and dropout_rng is not None:
     tree['rng'] = jax.random.split(dropout_rng, num_networks(params))
   return map_networks(one, tree, how)

@@ -1,9 +1,11 @@
 """The strong view of the unlabeled batch, built on device inside the train step (SPEC 3).
 
-Colour jitter and Gaussian blur are drawn per image; the ClassMix / CutMix mask is drawn
-once per image and step and shared by every student, so that the students see the same
-input pixel for pixel (LC compares them there). Image i of the mixed batch takes mask-on
-pixels from image i and the rest from image i+1 (rolled).
+Colour jitter and Gaussian blur are drawn per image (`coin='image'`) or once for the batch
+(`'batch'`, the authors' code), before or after the mix (`order`). The train step calls
+`build` once per step (one mask per image, shared by every student, so that LC compares
+the students on the same input) or once per student (`classmix_mask='per_student'`, the
+authors' code). Image i of the mixed batch takes mask-on pixels from image i and the rest
+from image i+1 (rolled).
 """
 from __future__ import annotations
 
@@ -31,8 +33,21 @@ def _rotate_hue(images, angle):
   return jnp.einsum('bij,bhwj->bhwi', matrix, images)
 
 
-def color_jitter(rng, images, *, brightness, contrast, saturation, hue, prob):
-  """Random brightness, contrast, saturation and hue, each image with probability `prob`.
+COINS = ('image', 'batch')
+ORDERS = ('jitter_then_mix', 'mix_then_jitter')
+
+
+def _coin_shape(batch: int, coin: str) -> tuple[int, ...]:
+  """Shape of a per-image draw: [B] for 'image', [1] (broadcast) for 'batch'."""
+  if coin not in COINS:
+    raise ValueError(f'Unknown strong_aug.coin {coin!r}; valid: {", ".join(COINS)}.')
+  return (batch if coin == 'image' else 1,)
+
+
+def color_jitter(rng, images, *, brightness, contrast, saturation, hue, prob,
+                 coin: str = 'image'):
+  """Random brightness, contrast, saturation and hue, each image with probability `prob`
+  (`coin='image'`) or the whole batch on one coin ('batch'); the factors are per image.
 
   images: [B, H, W, 3] float in [0, 1].
   """
@@ -49,15 +64,20 @@ def color_jitter(rng, images, *, brightness, contrast, saturation, hue, prob):
   out = (out - gray) * factor(keys[2], saturation) + gray
   angle = jax.random.uniform(keys[3], (b,), minval=-hue, maxval=hue) * 2 * jnp.pi
   out = _rotate_hue(out, angle)
-  apply = jax.random.bernoulli(keys[4], prob, (b, 1, 1, 1))
+  apply = jax.random.bernoulli(keys[4], prob, _coin_shape(b, coin) + (1, 1, 1))
   return jnp.clip(jnp.where(apply, out, images), 0.0, 1.0)
 
 
-def gaussian_blur(rng, images, *, prob, sigma_min, sigma_max, radius: int = 4):
-  """Separable Gaussian blur with a per-image sigma, applied with probability `prob`."""
+def gaussian_blur(rng, images, *, prob, sigma_min, sigma_max, radius: int = 4,
+                  coin: str = 'image'):
+  """Separable Gaussian blur applied with probability `prob`, sigma and coin per image
+  (`coin='image'`) or one of each for the batch ('batch', the authors' code). 9 taps hold
+  more than 99.9% of the kernel's mass up to sigma 1.2."""
   b = images.shape[0]
   k_sigma, k_apply = jax.random.split(rng)
-  sigma = jax.random.uniform(k_sigma, (b,), minval=sigma_min, maxval=sigma_max)
+  sigma = jax.random.uniform(k_sigma, _coin_shape(b, coin), minval=sigma_min,
+                             maxval=sigma_max)
+  sigma = jnp.broadcast_to(sigma, (b,))
   taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
   kernel = jnp.exp(-0.5 * (taps[None, :] / sigma[:, None]) ** 2)
   kernel = kernel / kernel.sum(-1, keepdims=True)  # [B, T]
@@ -69,16 +89,20 @@ def gaussian_blur(rng, images, *, prob, sigma_min, sigma_max, radius: int = 4):
     return sum(k[t] * rows[:, t:t + w] for t in range(2 * radius + 1))
 
   blurred = jax.vmap(blur_one)(images, kernel)
-  apply = jax.random.bernoulli(k_apply, prob, (b, 1, 1, 1))
+  apply = jax.random.bernoulli(k_apply, prob, _coin_shape(b, coin) + (1, 1, 1))
   return jnp.where(apply, blurred, images)
 
 
-def classmix_masks(rng, class_map, num_classes: int):
-  """ClassMix masks: per image, a random half (rounded up) of the classes it contains.
+CLASS_ROUNDINGS = ('half_up', 'half_down')
+
+
+def classmix_masks(rng, class_map, num_classes: int, rounding: str = 'half_up'):
+  """ClassMix masks: per image, a random half of the classes it contains, ceil(n/2)
+  (`rounding='half_up'`) or floor(n/2) ('half_down', the authors' code).
 
   Args:
-    class_map: [B, H, W] int class per pixel (argmax of the teachers' mean softmax);
-      values outside [0, C) never enter the mask.
+    class_map: [B, H, W] int class per pixel (argmax of the pseudo-labelling networks'
+      softmax); values outside [0, C) never enter the mask.
   Returns:
     [B, H, W] bool, True where the pixel keeps image i (it is pasted onto image i+1).
   """
@@ -88,7 +112,10 @@ def classmix_masks(rng, class_map, num_classes: int):
   # A random order of the present classes; the first ceil(n/2) are chosen.
   keys = jnp.where(present, jax.random.uniform(rng, (b, num_classes)), 2.0)
   rank = jnp.argsort(jnp.argsort(keys, axis=-1), axis=-1)
-  num_chosen = (present.sum(-1, keepdims=True) + 1) // 2
+  if rounding not in CLASS_ROUNDINGS:
+    raise ValueError(f'Unknown classmix_classes {rounding!r}; valid: '
+                     f'{", ".join(CLASS_ROUNDINGS)}.')
+  num_chosen = (present.sum(-1, keepdims=True) + (rounding == 'half_up')) // 2
   chosen = present & (rank < num_chosen)  # [B, C]
   return jnp.any(onehot & chosen[:, None, None, :], axis=-1)
 
@@ -119,31 +146,40 @@ def mix(mask, values):
   return jnp.where(m, values, rolled)
 
 
-def build(rng, images, class_probs, valid, *, kind: str, aug, num_classes: int):
+def build(rng, images, class_probs, valid, *, kind: str, aug, num_classes: int,
+          classes_rounding: str = 'half_up'):
   """The students' view of the unlabeled batch and the mask that mixed it.
 
   images: [B, H, W, 3] in [0, 1] (weak view); class_probs: [B, H, W, C], whose argmax
-  chooses ClassMix's classes (the teachers' mean softmax); valid: bool [B, H, W].
-  kind: 'classmix', 'cutmix' or 'none'; aug: the `strong_aug` config (jitter, blur,
-  CutMix area). Returns (mixed strong images, bool mask [B, H, W]); the same mask must
-  mix every network's pseudo-labels.
+  chooses ClassMix's classes; valid: bool [B, H, W].
+  kind: 'classmix', 'cutmix' or 'none'; aug: the `strong_aug` config (jitter, blur, their
+  coin and order, CutMix area). Returns (mixed strong images, bool mask [B, H, W]); the
+  same mask must mix the pseudo-labels that supervise this view.
   """
   k_jitter, k_blur, k_mix = jax.random.split(rng, 3)
-  strong = color_jitter(k_jitter, images, brightness=aug.brightness, contrast=aug.contrast,
-                        saturation=aug.saturation, hue=aug.hue, prob=aug.color_jitter_prob)
-  strong = gaussian_blur(k_blur, strong, prob=aug.blur_prob, sigma_min=aug.blur_sigma_min,
-                         sigma_max=aug.blur_sigma_max)
+  if aug.order not in ORDERS:
+    raise ValueError(f'Unknown strong_aug.order {aug.order!r}; valid: {", ".join(ORDERS)}.')
+
+  def jitter_and_blur(x):
+    x = color_jitter(k_jitter, x, brightness=aug.brightness, contrast=aug.contrast,
+                     saturation=aug.saturation, hue=aug.hue, prob=aug.color_jitter_prob,
+                     coin=aug.coin)
+    return gaussian_blur(k_blur, x, prob=aug.blur_prob, sigma_min=aug.blur_sigma_min,
+                         sigma_max=aug.blur_sigma_max, coin=aug.coin)
+
   batch, height, width = valid.shape
   if kind == 'classmix':
     class_map = jnp.where(valid, class_probs.argmax(-1), -1)
-    mask = classmix_masks(k_mix, class_map, num_classes)
+    mask = classmix_masks(k_mix, class_map, num_classes, classes_rounding)
   elif kind == 'cutmix':
     mask = cutmix_masks(k_mix, batch, height, width, aug.cutmix_area)
   elif kind == 'none':
     mask = jnp.ones(valid.shape, bool)
   else:
     raise ValueError(f'Unknown unlabeled_aug {kind!r}; valid: classmix, cutmix, none.')
-  return mix(mask, strong), mask
+  if aug.order == 'jitter_then_mix':
+    return mix(mask, jitter_and_blur(images)), mask
+  return jitter_and_blur(mix(mask, images)), mask
 
 
 def mix_stacked(mask, values):

@@ -88,10 +88,16 @@ RUN_ORDER_NOTE = ('supervised + ctt on every subset (the main claim), ct_only on
 # several networks, which would favour methods with more of them).
 REPORTED_NETWORK = 'teacher_0'
 # Keys the grid sets itself: --overrides may not set them.
-GRID_KEYS = ('method', 'seed', 'data.partition_seed')
+GRID_KEYS = ('method', 'seed', 'data.partition_seed', 'recipe')
 META_FILE = 'grid_run.json'  # per run: its config argument, wall-time segments, failures
 LOG_FILE = 'main.log'
 MAX_FAILURES = 2  # a run that failed this often is skipped unless --retry_failed
+
+
+# The reading of the method a run trains (configs/common.py RECIPES): CamVid's default is
+# 'paper'; runs of another recipe live in a subdirectory of that name and are never pooled
+# with the others in a table.
+DEFAULT_RECIPE = 'paper'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,18 +105,33 @@ class Run:
   method: str
   partition_seed: int
   seed: int
+  recipe: str = DEFAULT_RECIPE
 
   @property
   def name(self) -> str:
-    return f'p{self.partition_seed}_s{self.seed}/{self.method}'
+    prefix = '' if self.recipe == DEFAULT_RECIPE else f'{self.recipe}/'
+    return f'{prefix}p{self.partition_seed}_s{self.seed}/{self.method}'
 
   def workdir(self, grid_dir: str) -> str:
-    return os.path.join(grid_dir, f'p{self.partition_seed}_s{self.seed}', self.method)
+    return os.path.join(grid_dir, *self.name.split('/'))
 
   def config_arg(self, split: str, overrides: str = '') -> str:
-    fields = [split, METHODS[self.method].overrides, f'data.partition_seed={self.partition_seed}',
-              f'seed={self.seed}', overrides]
+    recipe = '' if self.recipe == DEFAULT_RECIPE else f'recipe={self.recipe}'
+    fields = [split, recipe, METHODS[self.method].overrides,
+              f'data.partition_seed={self.partition_seed}', f'seed={self.seed}', overrides]
     return ','.join(f for f in fields if f)
+
+
+def recipe_of(record: dict) -> str:
+  """A grid.json record's recipe (records written before runs had one: from its config)."""
+  if record.get('recipe'):
+    return record['recipe']
+  match = re.search(r'(?:^|,)recipe=([a-z_]+)', record.get('config') or '')
+  return match.group(1) if match else DEFAULT_RECIPE
+
+
+def record_key(record: dict) -> tuple:
+  return (recipe_of(record), record['method'], record['partition_seed'], record['seed'])
 
 
 # ----------------------------------------------------------------------------------------
@@ -120,12 +141,22 @@ class Run:
 
 def plan_grid(methods: Iterable[str], partition_seeds: Iterable[int], seeds: Iterable[int],
               base_seed: int = 0, seed_study_partition: int = 0,
-              seed_study_methods: Iterable[str] = ('supervised', 'ctt')) -> list[Run]:
+              seed_study_methods: Iterable[str] = ('supervised', 'ctt'),
+              recipe: str = DEFAULT_RECIPE) -> list[Run]:
   """The runs of the grid, most informative first (see RUN_ORDER_NOTE).
 
   Base seed: every method on every subset. Other seeds: `seed_study_methods` on
-  `seed_study_partition` (only if that subset and the method are selected).
+  `seed_study_partition` (only if that subset and the method are selected), or on every
+  subset with seed_study_partition=-1, where the runs go seed by seed and subset by subset
+  so that each (subset, seed) pair of methods finishes before the next starts.
   """
+  if seed_study_partition == -1:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+      raise ValueError(f'Unknown method(s) {unknown}; valid: {", ".join(METHODS)}.')
+    cheap_first = sorted(methods, key=lambda m: METHODS[m].minutes)
+    return [Run(m, p, s, recipe) for s in seeds for p in partition_seeds
+            for m in cheap_first]
   methods, partition_seeds, seeds = list(methods), list(partition_seeds), list(seeds)
   unknown = [m for m in list(methods) + list(seed_study_methods) if m not in METHODS]
   if unknown:
@@ -499,6 +530,11 @@ def discover_runs(grid_dir: str) -> list[Run]:
     method = os.path.basename(path)
     if match and method in METHODS and os.path.isdir(path):
       runs.append(Run(method, int(match.group(1)), int(match.group(2))))
+  for path in sorted(glob.glob(os.path.join(grid_dir, '*', 'p*_s*', '*'))):
+    match = _RUN_DIR.match(os.path.basename(os.path.dirname(path)))
+    method, recipe = os.path.basename(path), path.split(os.sep)[-3]
+    if match and method in METHODS and os.path.isdir(path):
+      runs.append(Run(method, int(match.group(1)), int(match.group(2)), recipe))
   return runs
 
 
@@ -518,7 +554,7 @@ def collect(grid_dir: str, planned: list[Run], config_arg_of, total_steps_of_arg
     total = total_steps_of_arg(config_arg)
     curve = read_curve(workdir)
     record = {'method': run.method, 'partition_seed': run.partition_seed, 'seed': run.seed,
-              'steps': None, 'miou': None, 'finished': False,
+              'recipe': run.recipe, 'steps': None, 'miou': None, 'finished': False,
               'status': run_status(workdir, total), 'total_steps': total,
               'network': REPORTED_NETWORK, 'workdir': os.path.relpath(workdir, grid_dir),
               'config': config_arg, 'wall_minutes': wall_minutes(workdir, meta)}
@@ -560,17 +596,23 @@ def _stats(values: list[float]) -> dict:
 COMPARISONS = ('supervised', 'mean_teacher', 'ct_only')
 
 
-def paired_differences(records: list[dict], by: str = 'partition_seed',
+def _field(record: dict, key: str):
+  return recipe_of(record) if key == 'recipe' else record[key]
+
+
+def paired_differences(records: list[dict], by='partition_seed',
                        fixed: Optional[dict] = None) -> tuple[list[dict], dict]:
-  """ctt - other (in 0..1 units) per group of finished runs sharing subset and training
-  seed. by='partition_seed' with fixed={'seed': base}: across subsets; by='seed' with
-  fixed={'partition_seed': p}: across training seeds. Returns (rows, {other: stats})."""
+  """ctt - other (in 0..1 units) per group of finished runs sharing recipe, subset and
+  training seed. by='partition_seed' with fixed={'seed': base}: across subsets; by='seed'
+  with fixed={'partition_seed': p}: across training seeds; by=('partition_seed', 'seed'):
+  every pair. Returns (rows, {other: stats}); a row's `by` entry is the group's key."""
   fixed = fixed or {}
   finished = [r for r in records if r['finished']
-              and all(r[k] == v for k, v in fixed.items())]
+              and all(_field(r, k) == v for k, v in fixed.items())]
   groups = collections.defaultdict(dict)
   for r in finished:
-    groups[r[by]][r['method']] = r['miou']
+    key = tuple(r[k] for k in by) if isinstance(by, tuple) else r[by]
+    groups[key][r['method']] = r['miou']
   rows = []
   for key in sorted(groups):
     mious = groups[key]
@@ -594,7 +636,8 @@ def _difference_table(rows: list[dict], stats: dict, by: str, label: str) -> lis
   lines = [line([label] + methods + [f'ctt - {c}' for c in comps]),
            '|---|' + '---|' * (len(methods) + len(comps))]
   for row in rows:
-    lines.append(line([row[by]] + [_pct(row['miou'].get(m)) for m in methods]
+    label_cell = ', '.join(map(str, row[by])) if isinstance(by, tuple) else row[by]
+    lines.append(line([label_cell] + [_pct(row['miou'].get(m)) for m in methods]
                       + [_pct(row['diff'].get(c), True) for c in comps]))
   if not comps:
     return lines + ['', '(no paired difference yet: ctt and another method have not both '
@@ -612,12 +655,41 @@ def _network_table(title: str, intro: str, records: list[dict], values_of, step_
   -> {network: mIoU in 0..1}, step_of(record) -> the step the values are from."""
   networks = sorted({n for r in records for n in values_of(r)})
   lines = ['', f'## {title}', '', intro, '',
-           '| method | subset | seed | step | ' + ' | '.join(networks) + ' |',
-           '|---|---|---|---|' + '---|' * len(networks)]
+           '| recipe | method | subset | seed | step | ' + ' | '.join(networks) + ' |',
+           '|---|---|---|---|---|' + '---|' * len(networks)]
   for r in records:
     values = values_of(r)
-    lines.append(f'| {r["method"]} | {r["partition_seed"]} | {r["seed"]} | {step_of(r)} | '
-                 + ' | '.join(_pct(values.get(n)) for n in networks) + ' |')
+    lines.append(f'| {recipe_of(r)} | {r["method"]} | {r["partition_seed"]} | {r["seed"]} | '
+                 f'{step_of(r)} | ' + ' | '.join(_pct(values.get(n)) for n in networks) + ' |')
+  return lines
+
+
+def _recipe_differences(records: list[dict], recipe: str, base_seed: int,
+                        seed_study_partition: int) -> list[str]:
+  """The paired-difference sections of one recipe's runs (never pooled across recipes)."""
+  name = f'recipe `{recipe}`'
+  rows, stats = paired_differences(records, 'partition_seed',
+                                   {'seed': base_seed, 'recipe': recipe})
+  lines = ['', f'## {name}: paired differences across labeled subsets (training seed '
+           f'{base_seed})', '',
+           'Finished runs only; differences in mIoU points, paired by subset; std is the '
+           'sample standard deviation (n - 1), n the number of subsets with both runs.', '']
+  lines += (_difference_table(rows, stats, 'partition_seed', 'subset') if rows
+            else ['(no subset has finished runs yet)'])
+  rows, stats = paired_differences(records, 'seed',
+                                   {'partition_seed': seed_study_partition, 'recipe': recipe})
+  if len(rows) > 1:
+    lines += ['', f'## {name}: training seed varied on subset {seed_study_partition}', '',
+              'Same labeled subset, another initialisation and data order: the spread here '
+              'is the noise a difference between subsets has to exceed.', '']
+    lines += _difference_table(rows, stats, 'seed', 'seed')
+  by_pair = ('partition_seed', 'seed')
+  rows, stats = paired_differences(records, by_pair, {'recipe': recipe})
+  if len({row[by_pair][1] for row in rows}) > 1:
+    lines += ['', f'## {name}: every (subset, seed) pair', '',
+              'Paired by labeled subset and training seed together: n is the number of '
+              'pairs where both methods finished.', '']
+    lines += _difference_table(rows, stats, by_pair, 'subset, seed')
   return lines
 
 
@@ -638,10 +710,10 @@ def write_markdown(records: list[dict], path: str, *, base_seed: int,
     for c in r.get('per_class_iou') or {}:
       if c not in classes:
         classes.append(c)
-  lines += [f'| method | subset (partition_seed) | seed | status | steps | mIoU '
+  lines += [f'| recipe | method | subset (partition_seed) | seed | status | steps | mIoU '
             f'({REPORTED_NETWORK}) | best '
             'network (mIoU) | wall time | ' + ' | '.join(classes) + ' |',
-            '|---|---|---|---|---|---|---|---|' + '---|' * len(classes)]
+            '|---|---|---|---|---|---|---|---|---|' + '---|' * len(classes)]
   for r in records:
     per_class = r.get('per_class_iou') or {}
     cells = ' | '.join('-' if per_class.get(c) is None else f'{100 * per_class[c]:.1f}'
@@ -650,22 +722,11 @@ def write_markdown(records: list[dict], path: str, *, base_seed: int,
             else '-')
     wall = '-' if r['wall_minutes'] is None else f'{r["wall_minutes"]:.1f} min'
     steps = '-' if r['steps'] is None else f'{r["steps"]} / {r["total_steps"]}'
-    lines.append(f'| {r["method"]} | {r["partition_seed"]} | {r["seed"]} | {r["status"]} | '
-                 f'{steps} | {_pct(r["miou"])} | {best} | {wall} | {cells} |')
+    lines.append(f'| {recipe_of(r)} | {r["method"]} | {r["partition_seed"]} | {r["seed"]} | '
+                 f'{r["status"]} | {steps} | {_pct(r["miou"])} | {best} | {wall} | {cells} |')
 
-  rows, stats = paired_differences(records, 'partition_seed', {'seed': base_seed})
-  lines += ['', f'## Paired differences across labeled subsets (training seed {base_seed})',
-            '',
-            'Finished runs only; differences in mIoU points, paired by subset; std is the '
-            'sample standard deviation (n - 1), n the number of subsets with both runs.', '']
-  lines += (_difference_table(rows, stats, 'partition_seed', 'subset') if rows
-            else ['(no subset has finished runs yet)'])
-  rows, stats = paired_differences(records, 'seed', {'partition_seed': seed_study_partition})
-  if len(rows) > 1:
-    lines += ['', f'## Training seed varied on subset {seed_study_partition}', '',
-              'Same labeled subset, another initialisation and data order: the spread here '
-              'is the noise a difference between subsets has to exceed.', '']
-    lines += _difference_table(rows, stats, 'seed', 'seed')
+  for recipe in dict.fromkeys(recipe_of(r) for r in records):
+    lines += _recipe_differences(records, recipe, base_seed, seed_study_partition)
 
   several = [r for r in records if len(r.get('network_miou') or {}) > 1]
   if several:
@@ -700,25 +761,30 @@ def plot_curves(records: list[dict], path: str, base_seed: int = 0) -> None:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   with_curves = [r for r in records if r.get('curve')]
   subsets = sorted({r['partition_seed'] for r in with_curves}) or [0]
-  fig, axes = plt.subplots(1, len(subsets), figsize=(5 * len(subsets), 4), squeeze=False,
+  recipes = list(dict.fromkeys(recipe_of(r) for r in with_curves)) or [DEFAULT_RECIPE]
+  fig, axes = plt.subplots(len(recipes), len(subsets),
+                           figsize=(5 * len(subsets), 4 * len(recipes)), squeeze=False,
                            sharey=True)
   colours = dict(zip(METHODS, ('tab:gray', 'tab:blue', 'tab:orange', 'tab:red')))
   styles = ('-', '--', ':', '-.')
-  for ax, subset in zip(axes[0], subsets):
+  panels = [(ax, recipe, subset) for row, recipe in zip(axes, recipes)
+            for ax, subset in zip(row, subsets)]
+  for ax, recipe, subset in panels:
     for r in with_curves:
-      if r['partition_seed'] != subset:
+      if r['partition_seed'] != subset or recipe_of(r) != recipe:
         continue
       steps, mious = zip(*r['curve'])
       seed_rank = 0 if r['seed'] == base_seed else 1 + r['seed'] % (len(styles) - 1)
       ax.plot(steps, [100 * m for m in mious], styles[seed_rank], marker='o', markersize=3,
               color=colours.get(r['method']),
               label=f'{r["method"]} s{r["seed"]}' + ('' if r['finished'] else ' (unfinished)'))
-    ax.set_title(f'subset (partition_seed) {subset}')
+    ax.set_title(f'recipe {recipe}, subset (partition_seed) {subset}')
     ax.set_xlabel('step')
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=8)
-  axes[0][0].set_ylabel(f'val mIoU (%), {REPORTED_NETWORK}')
+  for row in axes:
+    row[0].set_ylabel(f'val mIoU (%), {REPORTED_NETWORK}')
   fig.suptitle('CamVid val (101 images), 1/8 labeled')
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -728,15 +794,29 @@ def plot_curves(records: list[dict], path: str, base_seed: int = 0) -> None:
   os.replace(tmp, path)
 
 
+def keep_earlier_records(records: list[dict], grid_json: str) -> list[dict]:
+  """`records` plus the runs of grid.json that this grid directory does not hold (e.g. a
+  recipe run in another directory, or on another machine): a report never drops a run."""
+  try:
+    with open(grid_json) as f:
+      earlier = json.load(f).get('runs', [])
+  except (OSError, ValueError):
+    return records
+  current = {record_key(r) for r in records}
+  kept = [dict(r, recipe=recipe_of(r)) for r in earlier if record_key(r) not in current]
+  return kept + records
+
+
 def write_reports(records: list[dict], args) -> None:
   # runs: every run with an evaluation (`finished` false: stopped before total_steps);
   # pending: the runs of the plan not evaluated yet.
+  records = keep_earlier_records(records, args.grid_json)
   write_json_atomic(args.grid_json, {
       'network': REPORTED_NETWORK, 'config': f'configs/camvid.py:{args.split}',
       'overrides': args.overrides,
       'runs': [r for r in records if r['steps'] is not None],
-      'pending': [f'p{r["partition_seed"]}_s{r["seed"]}/{r["method"]}' for r in records
-                  if r['steps'] is None]})
+      'pending': [Run(r['method'], r['partition_seed'], r['seed'], recipe_of(r)).name
+                  for r in records if r['steps'] is None]})
   write_markdown(records, args.grid_md, base_seed=args.base_seed,
                  seed_study_partition=args.seed_study_partition, plot_path=args.grid_plot,
                  command=args.command)
@@ -773,7 +853,10 @@ def parse_args(argv=None):
   p.add_argument('--base_seed', type=int, default=0,
                  help='the training seed of every method on every subset')
   p.add_argument('--seed_study_partition', type=int, default=0,
-                 help='the subset on which the other training seeds run')
+                 help='the subset on which the other training seeds run; -1: every subset')
+  p.add_argument('--recipe', default=DEFAULT_RECIPE,
+                 help='the reading every run trains (configs/common.py RECIPES); runs of a '
+                      'recipe other than the default live in <workdir>/<recipe>/')
   p.add_argument('--seed_study_methods', default='supervised,ctt')
   p.add_argument('--max_minutes', type=float, default=0,
                  help='stop cleanly (checkpoint) after this much wall time; 0 = no limit')
@@ -796,7 +879,7 @@ def main(argv=None) -> int:
   check_overrides(args.overrides)
   runs = plan_grid(_names(args.methods), _ints(args.partition_seeds), _ints(args.seeds),
                    args.base_seed, args.seed_study_partition,
-                   _names(args.seed_study_methods))
+                   _names(args.seed_study_methods), args.recipe)
   grid_dir = os.path.abspath(args.workdir)
   config_arg = {run: run.config_arg(args.split, args.overrides) for run in runs}
   totals = {run: total_steps_of(config_arg[run]) for run in runs}  # validates overrides

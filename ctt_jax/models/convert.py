@@ -84,7 +84,8 @@ def model_config_for(backbone: str, layout: str, head: str | None, width_multipl
                      deeplabv2_head: str = 'bottleneck') -> ml_collections.ConfigDict:
   """The `model` config keys conversion needs (a subset of configs/common.py)."""
   return ml_collections.ConfigDict(dict(
-      name=head or 'deeplabv2', head=deeplabv2_head, backbone=backbone, layout=layout,
+      name=head or 'deeplabv2', head=deeplabv2_head, head_init='paper', backbone=backbone,
+      layout=layout,
       output_stride=8,
       width_multiplier=width_multiplier, feature_dim=feature_dim,
       projection_dim=projection_dim, freeze_bn=True, dtype='float32', conv_impl='xla',

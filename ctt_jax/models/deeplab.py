@@ -135,6 +135,7 @@ class DeepLab(nn.Module):
   num_classes: int
   head: str = 'deeplabv2'  # deeplabv2 | deeplabv3plus
   v2_head: str = 'bottleneck'  # DeepLabV2 only: bottleneck | aspp_se
+  head_init: str = 'paper'  # the aspp_se head's initialisation (ctt_head.py)
   backbone_name: str = 'resnet101'
   layout: str = 'caffe'
   output_stride: int = 8
@@ -155,7 +156,7 @@ class DeepLab(nn.Module):
     if self.head == 'deeplabv2' and self.v2_head == 'aspp_se':
       logits, features = CTTHead(self.num_classes, scale_width(256, self.width_multiplier),
                                  self.feature_dim, self.dtype, self.conv_impl,
-                                 name='head')(stages['layer4'], train)
+                                 self.head_init, name='head')(stages['layer4'], train)
     elif self.head == 'deeplabv2':
       check_deeplabv2_head(self.v2_head)
       features = ConvBN(self.feature_dim, 1, 1, True, use_running_average, self.dtype,
@@ -197,6 +198,7 @@ def build_deeplab(model_config: ml_collections.ConfigDict, num_classes: int) -> 
       num_classes=num_classes,
       head=model_config.name,
       v2_head=check_deeplabv2_head(model_config.head),
+      head_init=model_config.head_init,
       backbone_name=model_config.backbone,
       layout=model_config.layout,
       output_stride=int(model_config.output_stride),

@@ -404,6 +404,7 @@ class PatchConv(nn.Module):
   use_bias: bool = False
   dtype: Any = jnp.float32
   kernel_init: Callable = nn.initializers.lecun_normal()
+  bias_init: Callable = nn.initializers.zeros
 
   @nn.compact
   def __call__(self, x):
@@ -413,6 +414,6 @@ class PatchConv(nn.Module):
     y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.dilation,
                self.padding)
     if self.use_bias:
-      bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+      bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
       y = y + bias.astype(self.dtype)
     return y

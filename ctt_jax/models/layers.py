@@ -39,6 +39,7 @@ class Conv1x1(nn.Module):
   use_bias: bool = False
   dtype: Any = jnp.float32
   kernel_init: Callable = he_normal
+  bias_init: Callable = nn.initializers.zeros
   impl: str = 'xla'
 
   @nn.compact
@@ -53,14 +54,15 @@ class Conv1x1(nn.Module):
     else:
       y = fast_conv.dense(x, kernel)
     if self.use_bias:
-      bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+      bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
       y = y + bias.astype(self.dtype)
     return y
 
 
 def conv(features: int, kernel_size: int, *, stride: int = 1, dilation: int = 1,
          use_bias: bool = False, dtype: Any = jnp.float32, name: str | None = None,
-         kernel_init: Callable = he_normal, impl: str = 'xla') -> nn.Module:
+         kernel_init: Callable = he_normal, bias_init: Callable = nn.initializers.zeros,
+         impl: str = 'xla') -> nn.Module:
   """A k x k convolution padded like PyTorch (`padding=dilation*(k-1)//2`).
 
   Returns a `Conv1x1` for k == 1 (always undilated, so `dilation` is ignored there).
@@ -70,16 +72,16 @@ def conv(features: int, kernel_size: int, *, stride: int = 1, dilation: int = 1,
   impl = fast_conv.check_conv_impl(impl)
   if kernel_size == 1:
     return Conv1x1(features, stride=stride, use_bias=use_bias, dtype=dtype,
-                   kernel_init=kernel_init, impl=impl, name=name)
+                   kernel_init=kernel_init, bias_init=bias_init, impl=impl, name=name)
   pad = dilation * (kernel_size - 1) // 2
   if fast_conv.resolve_conv_impl(impl) == 'im2col':
     return fast_conv.PatchConv(features, kernel_size, stride=stride, dilation=dilation,
                                padding=pad, use_bias=use_bias, dtype=dtype,
-                               kernel_init=kernel_init, name=name)
+                               kernel_init=kernel_init, bias_init=bias_init, name=name)
   return nn.Conv(features, (kernel_size, kernel_size), strides=stride,
                  padding=((pad, pad), (pad, pad)), kernel_dilation=dilation,
                  use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                 kernel_init=kernel_init, name=name)
+                 kernel_init=kernel_init, bias_init=bias_init, name=name)
 
 
 def batch_norm(use_running_average: bool, dtype: Any, name: str) -> nn.BatchNorm:
