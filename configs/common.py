@@ -172,6 +172,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.crop_size = (256, 512)
   c.data.resize = (512, 1024)  # Cityscapes: resize before cropping
   c.data.scale_range = (1.0, 1.0)  # VOC: (0.5, 1.5)
+  # 0: the rescale factor is uniform on scale_range; > 0: one of lo, lo + step, ..., hi,
+  # each as likely (the authors' VOC loader: 0.5, 0.6, ..., 1.6).
+  c.data.scale_step = 0.0
   c.data.hflip = True
   c.data.rotation_degrees = 0.0
   c.data.translate_fraction = 0.0
@@ -238,6 +241,8 @@ RECIPES = {
         'bank_min_score': 0.95,
         'model.head_init': 'authors',
         'resize_convention': 'align_corners',
+        # Their weak view has no flip (config `flip: false`, loaders `mirror=random_flip`).
+        'data.hflip': False,
     },
 }
 
@@ -334,6 +339,10 @@ def split_arg(arg: str | None) -> tuple[str | None, list[str]]:
                      f'{positional}.')
   return (positional[0] if positional else None), overrides
 
+
+# The authors' code's rows of VOC (both protocols): the loader's scale grid
+# `0.5 + random.randint(0, 11) / 10`.
+VOC_AUTHORS = {'data.scale_range': (0.5, 1.6), 'data.scale_step': 0.1}
 
 # PASCAL VOC 2012, both protocols (aug and classic differ in their partitions only).
 _VOC = {'num_classes': 21, 'batch_size': 10, 'data.resize': (0, 0),

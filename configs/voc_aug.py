@@ -11,4 +11,5 @@ SPLITS = ('1_50', '1_20', '1_8', '1_4', 'full')
 def get_config(arg=None):
   return common.dataset_config('voc_aug', arg, SPLITS, '1_50',
                                {**common.CAFFE_INPUT, 'model.head': 'aspp_se'},
-                               default_recipe='authors')
+                               default_recipe='authors',
+                               recipe_settings={'authors': common.VOC_AUTHORS})

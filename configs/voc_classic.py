@@ -12,4 +12,4 @@ SPLITS = ('1_16', '1_8', '1_4', '1_2')
 def get_config(arg=None):
   return common.dataset_config('voc_classic', arg, SPLITS, '1_16', {
       'model.name': 'deeplabv3plus', 'model.layout': 'deepbase', 'model.output_stride': 16},
-      default_recipe='authors')
+      default_recipe='authors', recipe_settings={'authors': common.VOC_AUTHORS})

@@ -191,6 +191,7 @@ SCHEMA: dict[str, Rule] = {
     'data.crop_size': pair('int', 0, lo_open=True),
     'data.resize': pair('int', 0, lo_open=False),
     'data.scale_range': pair('float', 0, lo_open=True),
+    'data.scale_step': NON_NEGATIVE,
     'data.hflip': boolean(),
     'data.rotation_degrees': number(0, 180),
     'data.translate_fraction': number(0, 1, hi_open=True),
@@ -225,6 +226,15 @@ def _ordered_pair(key: str, what: str) -> Callable[[dict], Optional[str]]:
   return check
 
 
+def scale_grid_problem(scale_range, step: float) -> Optional[str]:
+  """A problem unless `step` (0: no grid) cuts `scale_range` into whole steps."""
+  count = (scale_range[1] - scale_range[0]) / step if step else 0
+  if abs(count - round(count)) < 1e-6:
+    return None
+  return (f'data.scale_step ({step}) must divide the width of data.scale_range '
+          f'{tuple(scale_range)} into whole steps, or be 0')
+
+
 def _divides(key: str, count_name: str) -> Callable[[dict], Optional[str]]:
   def check(c):
     n = c[count_name]
@@ -245,6 +255,7 @@ CROSS_CHECKS: list[Callable[[dict], Optional[str]]] = [
     _divides('data.eval_batch_size', '_process_count'),
     _divides('data.eval_batch_size', '_device_count'),
     _ordered_pair('data.scale_range', 'first value must not exceed the second'),
+    lambda c: scale_grid_problem(c['data.scale_range'], c['data.scale_step']),
     lambda c: (None if c['strong_aug.blur_sigma_min'] <= c['strong_aug.blur_sigma_max']
                else f'strong_aug.blur_sigma_min ({c["strong_aug.blur_sigma_min"]}) must not '
                f'exceed strong_aug.blur_sigma_max ({c["strong_aug.blur_sigma_max"]})'),
