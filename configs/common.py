@@ -128,6 +128,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.ignore_label = 255
   c.image_mean = (0.485, 0.456, 0.406)  # ImageNet, on [0, 1] images
   c.image_std = (0.229, 0.224, 0.225)
+  # The order of the channels the network reads: 'rgb', or 'bgr' (networks trained on
+  # OpenCV/Caffe images; the authors' Cityscapes loader). image_mean and image_std stay
+  # listed for R, G, B; the channels are reversed after normalising (images.normalize).
+  c.image_channel_order = 'rgb'
   # Bilinear upsampling of logits and nearest downsampling of labels: 'half_pixel' (pixel
   # centres, jax.image) or 'align_corners' (the authors' code: PyTorch's align_corners=True
   # for logits, its legacy 'nearest' floor(i * in / out) for labels).
@@ -340,9 +344,13 @@ def split_arg(arg: str | None) -> tuple[str | None, list[str]]:
   return (positional[0] if positional else None), overrides
 
 
-# The authors' code's rows of VOC (both protocols): the loader's scale grid
-# `0.5 + random.randint(0, 11) / 10`.
-VOC_AUTHORS = {'data.scale_range': (0.5, 1.6), 'data.scale_step': 0.1}
+# The authors' code's rows of VOC (both protocols). Their loaders (data/voc_dataset.py)
+# draw the scale `0.5 + random.randint(0, 11) / 10`, subtract the Caffe mean from the BGR
+# image and reverse it to RGB: the network reads R, G, B minus the mean below (the
+# unrounded CAFFE_INPUT mean).
+VOC_AUTHORS = {'data.scale_range': (0.5, 1.6), 'data.scale_step': 0.1,
+               'image_channel_order': 'rgb',
+               'image_mean': (122.67891434 / 255, 116.66876762 / 255, 104.00698793 / 255)}
 
 # PASCAL VOC 2012, both protocols (aug and classic differ in their partitions only).
 _VOC = {'num_classes': 21, 'batch_size': 10, 'data.resize': (0, 0),

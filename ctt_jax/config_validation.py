@@ -167,6 +167,7 @@ SCHEMA: dict[str, Rule] = {
     'ignore_label': integer(),
     'image_mean': triple(lo_open=False),
     'image_std': triple(lo_open=True),
+    'image_channel_order': one_of('rgb', 'bgr'),
     # model
     'model.name': one_of(*MODEL_NAMES),
     'model.backbone': one_of(*BACKBONES),

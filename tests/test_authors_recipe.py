@@ -2,10 +2,12 @@
 and `recipe=paper` keeps the paper's reading."""
 import importlib
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from configs import common
 from ctt_jax import config_validation
+from ctt_jax import images
 
 
 def get(name, arg=''):
@@ -31,3 +33,44 @@ def test_a_scale_step_must_cut_the_range_into_whole_steps():
                      '(0.5, 1.6) into whole steps, or be 0')
   assert config_validation.scale_grid_problem((0.5, 1.6), 0.1) is None
   assert config_validation.scale_grid_problem((0.5, 1.5), 0.0) is None
+
+
+# One known pixel, R, G, B = (200, 100, 50), through each loader of the authors' code.
+PIXEL_RGB = np.array([200.0, 100.0, 50.0])
+CAFFE_MEAN_BGR = np.array([104.00698793, 116.66876762, 122.67891434])
+
+
+def authors_cityscapes_input(rgb):
+  """data/cityscapes_loader.py `transform`: img[:, :, ::-1] (RGB -> BGR), img -= mean."""
+  return rgb[::-1] - np.array([73.15835921, 82.90891754, 72.39239876])
+
+
+def authors_voc_input(rgb):
+  """data/voc_dataset.py: cv2.imread (BGR), image -= mean, image[:, :, ::-1] (-> RGB)."""
+  return (rgb[::-1] - CAFFE_MEAN_BGR)[::-1]
+
+
+@pytest.mark.parametrize('name, reference', [
+    ('cityscapes', authors_cityscapes_input),
+    ('voc_aug', authors_voc_input),
+    ('voc_classic', authors_voc_input)])
+def test_network_input_of_a_known_pixel_is_the_authors_loaders(name, reference):
+  x = images.normalizer(get(name))(jnp.asarray(PIXEL_RGB / 255, jnp.float32))
+  np.testing.assert_allclose(np.asarray(x), reference(PIXEL_RGB), atol=1e-3)
+
+
+def test_cityscapes_paper_recipe_keeps_rgb_minus_the_caffe_mean():
+  x = images.normalizer(get('cityscapes', 'recipe=paper'))(
+      jnp.asarray(PIXEL_RGB / 255, jnp.float32))
+  # CAFFE_INPUT's mean has 5 decimals on [0, 1]: within 0.004 of the Caffe mean on 0..255.
+  np.testing.assert_allclose(np.asarray(x), PIXEL_RGB - CAFFE_MEAN_BGR[::-1], atol=4e-3)
+
+
+def test_bgr_reverses_the_channels_after_normalising_and_unknown_orders_fail():
+  x = jnp.asarray([[0.2, 0.5, 0.9]])
+  mean, std = (0.1, 0.2, 0.3), (0.5, 0.5, 0.5)
+  rgb = images.normalize(x, mean, std, 'rgb')
+  np.testing.assert_allclose(images.normalize(x, mean, std, 'bgr'), rgb[:, ::-1])
+  np.testing.assert_allclose(rgb, [[0.2, 0.6, 1.2]], atol=1e-6)
+  with pytest.raises(ValueError, match=r"Unknown image_channel_order 'brg'; valid: rgb, bgr."):
+    images.normalize(x, mean, std, 'brg')

@@ -101,8 +101,7 @@ def _eval_batch(seed=0, padded=1, image=IMAGE):
 
 def _direct_probs(config, model, params, stats, image_batch):
   """Reference: one eager model.apply in eval mode, upsampled, softmax."""
-  x = images.normalize(jnp.asarray(image_batch, jnp.float32) / 255.0, config.image_mean,
-                       config.image_std)
+  x = images.normalizer(config)(jnp.asarray(image_batch, jnp.float32) / 255.0)
   logits = model.apply({'params': params, 'batch_stats': stats}, x, train=False)['logits']
   return jax.nn.softmax(images.upsample_bilinear(logits, image_batch.shape[1:3]), axis=-1)
 
