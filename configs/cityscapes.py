@@ -18,6 +18,7 @@ SPLITS = ('1_30', '1_16', '1_8', '1_4', '1_2', 'full')
 AUTHORS = {
     'image_channel_order': 'bgr',
     'image_mean': (72.39239876 / 255, 82.90891754 / 255, 73.15835921 / 255),
+    'eval_every_epochs': 10,  # cross_teacher_contr.py: `if epoch % 10 == 0`
 }
 
 

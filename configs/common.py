@@ -198,6 +198,13 @@ def base_config() -> ml_collections.ConfigDict:
   # --- the training program ---
   c.log_every = 50
   c.eval_every = 4000
+  # > 0: evaluate every this many epochs of the labeled set instead (an epoch = ceil(N_L /
+  # batch_size) steps, N_L labeled images), as the authors' code does; 0: eval_every.
+  c.eval_every_epochs = 0
+  # Which networks evaluation scores (and the best checkpoint is ranked by): 'all'
+  # (students, teachers and, for `ensemble`, their average) or 'students' (the authors'
+  # code scores only its two students).
+  c.eval_networks = 'all'
   c.checkpoint_every = 2000
   c.keep_checkpoints = 3
   c.image_summaries = 3
@@ -247,6 +254,7 @@ RECIPES = {
         'resize_convention': 'align_corners',
         # Their weak view has no flip (config `flip: false`, loaders `mirror=random_flip`).
         'data.hflip': False,
+        'eval_networks': 'students',
     },
 }
 
@@ -350,7 +358,9 @@ def split_arg(arg: str | None) -> tuple[str | None, list[str]]:
 # unrounded CAFFE_INPUT mean).
 VOC_AUTHORS = {'data.scale_range': (0.5, 1.6), 'data.scale_step': 0.1,
                'image_channel_order': 'rgb',
-               'image_mean': (122.67891434 / 255, 116.66876762 / 255, 104.00698793 / 255)}
+               'image_mean': (122.67891434 / 255, 116.66876762 / 255, 104.00698793 / 255),
+               # evaluateSSL.py pads val images to 505x505.
+               'data.eval_size': (505, 505)}
 
 # PASCAL VOC 2012, both protocols (aug and classic differ in their partitions only).
 _VOC = {'num_classes': 21, 'batch_size': 10, 'data.resize': (0, 0),

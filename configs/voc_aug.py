@@ -12,4 +12,6 @@ def get_config(arg=None):
   return common.dataset_config('voc_aug', arg, SPLITS, '1_50',
                                {**common.CAFFE_INPUT, 'model.head': 'aspp_se'},
                                default_recipe='authors',
-                               recipe_settings={'authors': common.VOC_AUTHORS})
+                               recipe_settings={'authors': {
+                                   **common.VOC_AUTHORS,
+                                   'eval_every_epochs': 10}})  # their `epoch % 10 == 0`

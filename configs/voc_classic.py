@@ -16,4 +16,6 @@ def get_config(arg=None):
       # Their DeepLabV3+ script feeds the VOC loader's 0..255 images minus the Caffe mean
       # (data/voc_off_dataset_labeled.py), not the ImageNet scaling its backbone was
       # trained with.
-      recipe_settings={'authors': {**common.CAFFE_INPUT, **common.VOC_AUTHORS}})
+      # Their DeepLabV3+ script evaluates every 20 epochs (`if epoch % 20 == 0`).
+      recipe_settings={'authors': {**common.CAFFE_INPUT, **common.VOC_AUTHORS,
+                                   'eval_every_epochs': 20}})

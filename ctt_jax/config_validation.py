@@ -211,6 +211,8 @@ SCHEMA: dict[str, Rule] = {
     # the training program
     'log_every': PERIOD,
     'eval_every': PERIOD,
+    'eval_every_epochs': integer(0),
+    'eval_networks': one_of(*methods.EVAL_NETWORKS),
     'checkpoint_every': PERIOD,
     'keep_checkpoints': integer(1),
     'image_summaries': integer(0),
@@ -364,7 +366,8 @@ def warnings(config: Any) -> list[str]:
 # schedule from the resume point on. Keys read only when a state is initialised
 # (pretrained weights, stage-1 teacher) are ignored on resume and so are safe too.
 SAFE_ON_RESUME = frozenset({
-    'total_steps', 'stop_at_step', 'log_every', 'eval_every', 'checkpoint_every',
+    'total_steps', 'stop_at_step', 'log_every', 'eval_every', 'eval_every_epochs',
+    'eval_networks', 'checkpoint_every',
     'keep_checkpoints', 'image_summaries',
     'data.eval_batch_size', 'data.eval_protocol', 'data.eval_size', 'eval_sliding_window',
     'eval_window_stride_fraction',

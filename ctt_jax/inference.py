@@ -37,7 +37,7 @@ class Settings:
   image_std: tuple[float, ...]
   image_channel_order: str
   ensemble: bool
-  teachers: bool  # False: only the students are scored (Method.has_teachers)
+  teachers: bool  # False: only the students are scored (Method.eval_teachers)
   sliding_window: bool
   crop_size: tuple[int, int]
   stride_fraction: float
@@ -53,7 +53,7 @@ def settings_from_config(config: ml_collections.ConfigDict) -> Settings:
       image_std=tuple(float(v) for v in config.image_std),
       image_channel_order=config.image_channel_order,
       ensemble=method.eval_ensemble,
-      teachers=method.has_teachers,
+      teachers=method.eval_teachers,
       sliding_window=bool(config.eval_sliding_window),
       crop_size=tuple(int(v) for v in config.data.crop_size),
       stride_fraction=float(config.eval_window_stride_fraction))

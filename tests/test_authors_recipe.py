@@ -74,3 +74,39 @@ def test_bgr_reverses_the_channels_after_normalising_and_unknown_orders_fail():
   np.testing.assert_allclose(rgb, [[0.2, 0.6, 1.2]], atol=1e-6)
   with pytest.raises(ValueError, match=r"Unknown image_channel_order 'brg'; valid: rgb, bgr."):
     images.normalize(x, mean, std, 'brg')
+
+
+def authors_eval_steps(num_labeled, batch_size, num_steps, every=10):
+  """Steps after which cross_teacher_contr.py evaluates (its loop, read line by line):
+  `total` counts labeled images; an epoch ends when `i_iter != 0 and total >=
+  labeled_samples`, and `if epoch % 10 == 0` evaluates (`every` = 20 in the DeepLabV3+
+  script)."""
+  total, epoch, steps = 0, 0, []
+  for i_iter in range(num_steps):
+    total += batch_size  # `for j in range(batch_size): ... total += 1`
+    if i_iter != 0 and total >= num_labeled:
+      epoch, total = epoch + 1, 0
+      if epoch % every == 0:
+        steps.append(i_iter + 1)  # steps done when it evaluates
+  return steps
+
+
+@pytest.mark.parametrize('name, arg, num_labeled, every', [
+    ('cityscapes', '1_8', 372, 10), ('cityscapes', '1_30', 100, 10),
+    ('voc_aug', '1_50', 212, 10), ('voc_classic', '1_16', 92, 20)])
+def test_eval_cadence_is_the_authors_epochs(name, arg, num_labeled, every):
+  from ctt_jax import train  # pylint: disable=g-import-not-at-top  (jax, TF: only here)
+  config = get(name, arg)
+  period = train.eval_period(config, num_labeled)
+  steps = authors_eval_steps(num_labeled, config.batch_size, 20 * period, every)
+  assert steps == list(range(period, 20 * period + 1, period))
+  assert train.eval_period(get(name, arg + ',recipe=paper'), num_labeled) == 4000
+
+
+def test_evaluation_rows_of_the_authors_recipe():
+  for name in ('cityscapes', 'voc_aug', 'voc_classic'):
+    assert get(name).eval_networks == 'students'
+    assert get(name, 'recipe=paper').eval_networks == 'all'
+  for name in ('voc_aug', 'voc_classic'):
+    assert tuple(get(name).data.eval_size) == (505, 505)  # evaluateSSL.py: input_size
+    assert tuple(get(name, 'recipe=paper').data.eval_size) == (512, 512)

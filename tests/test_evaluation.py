@@ -146,6 +146,25 @@ def test_ensemble_entry_only_for_ensemble(ensemble_setup):
   assert 'ensemble' not in methods.from_config(ctt).network_names()
 
 
+def test_students_only_scores_the_students_rows_and_ranks_best_among_them(ensemble_setup):
+  config, model, state, eval_step = ensemble_setup
+  students = tiny_config(method='ensemble', num_pairs=config.num_pairs,
+                         eval_networks='students')
+  method = methods.from_config(students)
+  assert method.network_names() == ['student_0', 'student_1']
+  assert method.default_network == 'student_0' and method.ema_teachers  # teachers still train
+  batch = _eval_batch()
+  got = np.asarray(jax.jit(inference.make_eval_step(students, model))(state, batch))
+  every = np.asarray(eval_step(state, batch))
+  np.testing.assert_array_equal(got, every[:config.num_pairs])
+  results = metrics.evaluate(lambda s, b: got, state, [batch], method.network_names(),
+                             config.num_classes)
+  assert results['best'] in method.network_names()  # the checkpoint ranking's network
+  with pytest.raises(ValueError, match=r"Unknown eval_networks 'student'; valid: all, "
+                     r"students."):
+    methods.from_config(tiny_config(eval_networks='student'))
+
+
 def test_evaluate_accumulates_and_picks_best(ensemble_setup, tmp_path):
   config, _, state, eval_step = ensemble_setup
   batches = [_eval_batch(seed=1), _eval_batch(seed=2, padded=3)]  # 2nd: all padding
