@@ -187,6 +187,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.source = 'auto'  # auto|tfds|folder
   c.data.eval_size = (0, 0)  # eval pad size; (0, 0): data.resize (paper) or dataset max
   c.data.splits_dir = ''  # '' = packaged ctt_jax/data/splits; else <dir>/<dataset>/*.txt
+  # Which labeled lists: 'standard' (UniMatch's Cityscapes, ClassMix's VOC split 0, the
+  # PseudoSeg classic VOC lists) or 'authors' (the lists the CTT authors' code trained with:
+  # VOC aug only, splits/README.md says why the others have none).
+  c.data.partition_source = 'standard'
   c.data.partition_seed = 0  # labeled subset of datasets without lists (camvid, synthetic)
   c.data.tfds_data_dir = ''  # tensorflow-datasets data_dir ('' = tfds default)
   c.data.unlabeled_labels = True  # unlabeled batches carry ground truth, for diagnostics only

@@ -14,4 +14,6 @@ def get_config(arg=None):
                                default_recipe='authors',
                                recipe_settings={'authors': {
                                    **common.VOC_AUTHORS,
-                                   'eval_every_epochs': 10}})  # their `epoch % 10 == 0`
+                                   'eval_every_epochs': 10,  # their `epoch % 10 == 0`
+                                   # configVOC.json: split_id_list 1 (splits/README.md)
+                                   'data.partition_source': 'authors'}})

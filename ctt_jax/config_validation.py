@@ -201,6 +201,7 @@ SCHEMA: dict[str, Rule] = {
     'data.source': one_of('auto', 'tfds', 'folder'),
     'data.eval_size': pair('int', 0, lo_open=False),
     'data.splits_dir': string(),
+    'data.partition_source': one_of('standard', 'authors'),
     'data.partition_seed': integer(),
     'data.tfds_data_dir': string(),
     'data.unlabeled_labels': boolean(),

@@ -110,3 +110,10 @@ def test_evaluation_rows_of_the_authors_recipe():
   for name in ('voc_aug', 'voc_classic'):
     assert tuple(get(name).data.eval_size) == (505, 505)  # evaluateSSL.py: input_size
     assert tuple(get(name, 'recipe=paper').data.eval_size) == (512, 512)
+
+
+def test_partition_source_of_the_authors_recipe():
+  assert get('voc_aug').data.partition_source == 'authors'
+  assert get('voc_aug', 'recipe=paper').data.partition_source == 'standard'
+  for name in ('cityscapes', 'voc_classic'):  # no lists of theirs can be named
+    assert get(name).data.partition_source == 'standard'
