@@ -98,20 +98,29 @@ class Run:
     config = self.config
     state = state_lib.init_train_state(config, self.model, jax.random.key(config.seed),
                                        self.image_shape,
-                                       variables_hook=_variables_hook(config))
+                                       variables_hook=variables_hook(config))
     if self.method.stage1_teacher:
       state = _stage1_teacher(self, state)
     return sharding.replicate(state, self.mesh)
 
 
-def _variables_hook(config):
-  """Loads converted pretrained weights into each student (same backbone, own head)."""
-  if not config.model.pretrained:
-    return None
+def variables_hook(config):
+  """`hook(variables, k)` loading student k's converted pretrained weights (each student
+  keeps its own random head), or None without model.pretrained. model.pretrained names
+  one checkpoint for every pair or one per pair: the authors' code starts its first
+  student from the COCO DeepLab and its second from torchvision's ImageNet ResNet-101."""
   from ctt_jax.models import weights  # pylint: disable=g-import-not-at-top
-  pretrained = weights.load_pretrained(config.model.pretrained, config.model)
-  return lambda variables: weights.merge_pretrained(
-      variables, pretrained, skip_head=bool(config.model.skip_head))
+  paths = weights.pretrained_paths(config.model.pretrained, int(config.num_pairs))
+  if not paths:
+    return None
+  for path in set(paths):
+    # --bgr-to-rgb exists to read RGB; fed BGR, the flipped conv would see RGB again.
+    if config.image_channel_order == 'bgr' and weights.input_channels_flipped(path):
+      raise ValueError(f'{path} was converted with --bgr-to-rgb but image_channel_order is '
+                       'bgr; convert the original checkpoint again without --bgr-to-rgb.')
+  loaded = {path: weights.load_pretrained(path, config.model) for path in set(paths)}
+  return lambda variables, k: weights.merge_pretrained(
+      variables, loaded[paths[k]], skip_head=bool(config.model.skip_head))
 
 
 def _stage1_teacher(run: Run, state):
