@@ -28,7 +28,7 @@ from ctt_jax import train_step as ts
 
 def passes_step(state, batch, rng, *, model, tx, config):
   unit = image_ops.to_unit_range
-  norm = functools.partial(image_ops.normalize, mean=config.image_mean, std=config.image_std)
+  norm = image_ops.normalizer(config)
   x_l, x_u = norm(unit(batch['labeled']['image'])), norm(unit(batch['unlabeled']['image']))
   labels = batch['labeled']['label'].astype(jnp.int32)
   weak = ts.predict_eval_mode(model, state.teacher_params, state.teacher_batch_stats, x_u,

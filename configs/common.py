@@ -128,6 +128,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.ignore_label = 255
   c.image_mean = (0.485, 0.456, 0.406)  # ImageNet, on [0, 1] images
   c.image_std = (0.229, 0.224, 0.225)
+  # The order of the channels the network reads: 'rgb', or 'bgr' (networks trained on
+  # OpenCV/Caffe images; the authors' Cityscapes loader). image_mean and image_std stay
+  # listed for R, G, B; the channels are reversed after normalising (images.normalize).
+  c.image_channel_order = 'rgb'
   # Bilinear upsampling of logits and nearest downsampling of labels: 'half_pixel' (pixel
   # centres, jax.image) or 'align_corners' (the authors' code: PyTorch's align_corners=True
   # for logits, its legacy 'nearest' floor(i * in / out) for labels).
@@ -172,6 +176,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.crop_size = (256, 512)
   c.data.resize = (512, 1024)  # Cityscapes: resize before cropping
   c.data.scale_range = (1.0, 1.0)  # VOC: (0.5, 1.5)
+  # 0: the rescale factor is uniform on scale_range; > 0: one of lo, lo + step, ..., hi,
+  # each as likely (the authors' VOC loader: 0.5, 0.6, ..., 1.6).
+  c.data.scale_step = 0.0
   c.data.hflip = True
   c.data.rotation_degrees = 0.0
   c.data.translate_fraction = 0.0
@@ -180,6 +187,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.source = 'auto'  # auto|tfds|folder
   c.data.eval_size = (0, 0)  # eval pad size; (0, 0): data.resize (paper) or dataset max
   c.data.splits_dir = ''  # '' = packaged ctt_jax/data/splits; else <dir>/<dataset>/*.txt
+  # Which labeled lists: 'standard' (UniMatch's Cityscapes, ClassMix's VOC split 0, the
+  # PseudoSeg classic VOC lists) or 'authors' (the lists the CTT authors' code trained with:
+  # VOC aug only, splits/README.md says why the others have none).
+  c.data.partition_source = 'standard'
   c.data.partition_seed = 0  # labeled subset of datasets without lists (camvid, synthetic)
   c.data.tfds_data_dir = ''  # tensorflow-datasets data_dir ('' = tfds default)
   c.data.unlabeled_labels = True  # unlabeled batches carry ground truth, for diagnostics only
@@ -191,6 +202,13 @@ def base_config() -> ml_collections.ConfigDict:
   # --- the training program ---
   c.log_every = 50
   c.eval_every = 4000
+  # > 0: evaluate every this many epochs of the labeled set instead (an epoch = ceil(N_L /
+  # batch_size) steps, N_L labeled images), as the authors' code does; 0: eval_every.
+  c.eval_every_epochs = 0
+  # Which networks evaluation scores (and the best checkpoint is ranked by): 'all'
+  # (students, teachers and, for `ensemble`, their average) or 'students' (the authors'
+  # code scores only its two students).
+  c.eval_networks = 'all'
   c.checkpoint_every = 2000
   c.keep_checkpoints = 3
   c.image_summaries = 3
@@ -238,6 +256,9 @@ RECIPES = {
         'bank_min_score': 0.95,
         'model.head_init': 'authors',
         'resize_convention': 'align_corners',
+        # Their weak view has no flip (config `flip: false`, loaders `mirror=random_flip`).
+        'data.hflip': False,
+        'eval_networks': 'students',
     },
 }
 
@@ -334,6 +355,16 @@ def split_arg(arg: str | None) -> tuple[str | None, list[str]]:
                      f'{positional}.')
   return (positional[0] if positional else None), overrides
 
+
+# The authors' code's rows of VOC (both protocols). Their loaders (data/voc_dataset.py)
+# draw the scale `0.5 + random.randint(0, 11) / 10`, subtract the Caffe mean from the BGR
+# image and reverse it to RGB: the network reads R, G, B minus the mean below (the
+# unrounded CAFFE_INPUT mean).
+VOC_AUTHORS = {'data.scale_range': (0.5, 1.6), 'data.scale_step': 0.1,
+               'image_channel_order': 'rgb',
+               'image_mean': (122.67891434 / 255, 116.66876762 / 255, 104.00698793 / 255),
+               # evaluateSSL.py pads val images to 505x505.
+               'data.eval_size': (505, 505)}
 
 # PASCAL VOC 2012, both protocols (aug and classic differ in their partitions only).
 _VOC = {'num_classes': 21, 'batch_size': 10, 'data.resize': (0, 0),

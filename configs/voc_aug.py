@@ -11,4 +11,9 @@ SPLITS = ('1_50', '1_20', '1_8', '1_4', 'full')
 def get_config(arg=None):
   return common.dataset_config('voc_aug', arg, SPLITS, '1_50',
                                {**common.CAFFE_INPUT, 'model.head': 'aspp_se'},
-                               default_recipe='authors')
+                               default_recipe='authors',
+                               recipe_settings={'authors': {
+                                   **common.VOC_AUTHORS,
+                                   'eval_every_epochs': 10,  # their `epoch % 10 == 0`
+                                   # configVOC.json: split_id_list 1 (splits/README.md)
+                                   'data.partition_source': 'authors'}})

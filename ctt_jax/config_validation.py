@@ -179,6 +179,7 @@ SCHEMA: dict[str, Rule] = {
     'image_mean': triple(lo_open=False),
     'image_std': triple(lo_open=True),
     'resize_convention': one_of('half_pixel', 'align_corners'),
+    'image_channel_order': one_of('rgb', 'bgr'),
     # model
     'model.name': one_of(*MODEL_NAMES),
     'model.backbone': one_of(*BACKBONES),
@@ -204,6 +205,7 @@ SCHEMA: dict[str, Rule] = {
     'data.crop_size': pair('int', 0, lo_open=True),
     'data.resize': pair('int', 0, lo_open=False),
     'data.scale_range': pair('float', 0, lo_open=True),
+    'data.scale_step': NON_NEGATIVE,
     'data.hflip': boolean(),
     'data.rotation_degrees': number(0, 180),
     'data.translate_fraction': number(0, 1, hi_open=True),
@@ -212,6 +214,7 @@ SCHEMA: dict[str, Rule] = {
     'data.source': one_of('auto', 'tfds', 'folder'),
     'data.eval_size': pair('int', 0, lo_open=False),
     'data.splits_dir': string(),
+    'data.partition_source': one_of('standard', 'authors'),
     'data.partition_seed': integer(),
     'data.tfds_data_dir': string(),
     'data.unlabeled_labels': boolean(),
@@ -222,6 +225,8 @@ SCHEMA: dict[str, Rule] = {
     # the training program
     'log_every': PERIOD,
     'eval_every': PERIOD,
+    'eval_every_epochs': integer(0),
+    'eval_networks': one_of(*methods.EVAL_NETWORKS),
     'checkpoint_every': PERIOD,
     'keep_checkpoints': integer(1),
     'image_summaries': integer(0),
@@ -236,6 +241,15 @@ def _ordered_pair(key: str, what: str) -> Callable[[dict], Optional[str]]:
     lo, hi = c[key]
     return None if lo <= hi else f'{key} is {tuple(c[key])} but its {what}'
   return check
+
+
+def scale_grid_problem(scale_range, step: float) -> Optional[str]:
+  """A problem unless `step` (0: no grid) cuts `scale_range` into whole steps."""
+  count = (scale_range[1] - scale_range[0]) / step if step else 0
+  if abs(count - round(count)) < 1e-6:
+    return None
+  return (f'data.scale_step ({step}) must divide the width of data.scale_range '
+          f'{tuple(scale_range)} into whole steps, or be 0')
 
 
 def _divides(key: str, count_name: str) -> Callable[[dict], Optional[str]]:
@@ -258,6 +272,7 @@ CROSS_CHECKS: list[Callable[[dict], Optional[str]]] = [
     _divides('data.eval_batch_size', '_process_count'),
     _divides('data.eval_batch_size', '_device_count'),
     _ordered_pair('data.scale_range', 'first value must not exceed the second'),
+    lambda c: scale_grid_problem(c['data.scale_range'], c['data.scale_step']),
     lambda c: (None if c['strong_aug.blur_sigma_min'] <= c['strong_aug.blur_sigma_max']
                else f'strong_aug.blur_sigma_min ({c["strong_aug.blur_sigma_min"]}) must not '
                f'exceed strong_aug.blur_sigma_max ({c["strong_aug.blur_sigma_max"]})'),
@@ -365,7 +380,8 @@ def warnings(config: Any) -> list[str]:
 # schedule from the resume point on. Keys read only when a state is initialised
 # (pretrained weights, stage-1 teacher) are ignored on resume and so are safe too.
 SAFE_ON_RESUME = frozenset({
-    'total_steps', 'stop_at_step', 'log_every', 'eval_every', 'checkpoint_every',
+    'total_steps', 'stop_at_step', 'log_every', 'eval_every', 'eval_every_epochs',
+    'eval_networks', 'checkpoint_every',
     'keep_checkpoints', 'image_summaries',
     'data.eval_batch_size', 'data.eval_protocol', 'data.eval_size', 'eval_sliding_window',
     'eval_window_stride_fraction',

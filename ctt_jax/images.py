@@ -1,6 +1,8 @@
 """Image and label resizing and normalisation shared by training and inference."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,9 +13,25 @@ def to_unit_range(images_uint8):
   return jnp.asarray(images_uint8).astype(jnp.float32) / 255.0
 
 
-def normalize(images_01, mean, std):
-  """(x - mean) / std per channel, on [0, 1] images (config.image_mean / image_std)."""
-  return (images_01 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+CHANNEL_ORDERS = ('rgb', 'bgr')
+
+
+def normalize(images_01, mean, std, channel_order):
+  """(x - mean) / std per channel on [0, 1] RGB images [..., 3], `mean` and `std` given
+  for R, G, B; then, with `channel_order` 'bgr', the channels reversed: the network reads
+  B, G, R, as networks trained on OpenCV/Caffe images do."""
+  if channel_order not in CHANNEL_ORDERS:
+    raise ValueError(f'Unknown image_channel_order {channel_order!r}; valid: '
+                     f'{", ".join(CHANNEL_ORDERS)}.')
+  x = (images_01 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  return x[..., ::-1] if channel_order == 'bgr' else x
+
+
+def normalizer(config):
+  """`normalize` with the config's image_mean, image_std and image_channel_order."""
+  return functools.partial(normalize, mean=tuple(config.image_mean),
+                           std=tuple(config.image_std),
+                           channel_order=config.image_channel_order)
 
 
 RESIZE_CONVENTIONS = ('half_pixel', 'align_corners')

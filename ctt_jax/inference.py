@@ -35,8 +35,9 @@ class Settings:
   ignore_label: int
   image_mean: tuple[float, ...]
   image_std: tuple[float, ...]
+  image_channel_order: str
   ensemble: bool
-  teachers: bool  # False: only the students are scored (Method.has_teachers)
+  teachers: bool  # False: only the students are scored (Method.eval_teachers)
   sliding_window: bool
   crop_size: tuple[int, int]
   stride_fraction: float
@@ -50,8 +51,9 @@ def settings_from_config(config: ml_collections.ConfigDict) -> Settings:
       ignore_label=int(config.ignore_label),
       image_mean=tuple(float(v) for v in config.image_mean),
       image_std=tuple(float(v) for v in config.image_std),
+      image_channel_order=config.image_channel_order,
       ensemble=method.eval_ensemble,
-      teachers=method.has_teachers,
+      teachers=method.eval_teachers,
       sliding_window=bool(config.eval_sliding_window),
       crop_size=tuple(int(v) for v in config.data.crop_size),
       stride_fraction=float(config.eval_window_stride_fraction))
@@ -59,7 +61,7 @@ def settings_from_config(config: ml_collections.ConfigDict) -> Settings:
 
 def _normalized(images_uint8, settings: Settings):
   return image_ops.normalize(image_ops.to_unit_range(images_uint8), settings.image_mean,
-                             settings.image_std)
+                             settings.image_std, settings.image_channel_order)
 
 
 def _logits_at(model, variables, x, size):

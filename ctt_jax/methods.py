@@ -15,6 +15,8 @@ method names. A row of `TABLE` says, for one method of SPEC's table:
   which has no teachers at all);
 - `eval_ensemble`: evaluation also scores the teachers' averaged softmax;
 - `stage1_teacher`: the teachers come from a finished `supervised` run.
+The config's `eval_networks='students'` (the authors' code) scores the students only: no
+teachers and no ensemble in evaluation.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from typing import NamedTuple
 
 ENSEMBLE_NETWORK = 'ensemble'
 BANK_PUSH_MODES = ('after_update', 'before_update', 'none')
+EVAL_NETWORKS = ('all', 'students')
 
 
 class _Row(NamedTuple):
@@ -53,8 +56,9 @@ class Method:
   teachers_of: tuple[tuple[int, ...], ...]  # per student: the networks that teach it
   pseudo_labels_from: str  # none | teachers | students
   ema_teachers: bool
-  eval_ensemble: bool
+  eval_ensemble: bool  # the teachers' averaged softmax is scored
   stage1_teacher: bool
+  eval_teachers: bool  # the teachers are scored (they exist and eval_networks is 'all')
   use_ct: bool
   use_hc: bool
   use_lc: bool
@@ -77,7 +81,7 @@ class Method:
 
   def network_names(self) -> list[str]:
     """'student_0'.., 'teacher_0'.., and 'ensemble' where evaluation averages teachers."""
-    roles = ('student', 'teacher') if self.has_teachers else ('student',)
+    roles = ('student', 'teacher') if self.eval_teachers else ('student',)
     names = [f'{role}_{k}' for role in roles for k in range(self.num_pairs)]
     return names + ([ENSEMBLE_NETWORK] if self.eval_ensemble else [])
 
@@ -86,7 +90,7 @@ class Method:
     """The network `--mode=predict` uses unless told otherwise."""
     if self.eval_ensemble:
       return ENSEMBLE_NETWORK
-    return 'teacher_0' if self.has_teachers else 'student_0'
+    return 'teacher_0' if self.eval_teachers else 'student_0'
 
 
 def _teachers_of(teaches: str, num_pairs: int) -> tuple[tuple[int, ...], ...]:
@@ -109,6 +113,9 @@ def from_config(config) -> Method:
   if config.bank_push not in BANK_PUSH_MODES:
     raise ValueError(f'Unknown bank_push {config.bank_push!r}; valid: '
                      f'{", ".join(BANK_PUSH_MODES)}.')
+  if config.eval_networks not in EVAL_NETWORKS:
+    raise ValueError(f'Unknown eval_networks {config.eval_networks!r}; valid: '
+                     f'{", ".join(EVAL_NETWORKS)}.')
   row = TABLE[config.method]
   n = int(config.num_pairs)
   semi = row.pseudo_labels_from != 'none'
@@ -119,9 +126,12 @@ def from_config(config) -> Method:
     # The paper's order reuses the teacher pass of the pseudo-labels; without teachers
     # teaching there is none before the update, so the push happens after it.
     bank_push = 'after_update'
+  has_teachers = ema_teachers or row.stage1_teacher or semi
+  eval_teachers = has_teachers and config.eval_networks == 'all'
   return Method(
       name=config.method, num_pairs=n, teachers_of=_teachers_of(row.teaches, n),
       pseudo_labels_from=row.pseudo_labels_from, ema_teachers=ema_teachers,
-      eval_ensemble=row.eval_ensemble, stage1_teacher=row.stage1_teacher,
+      eval_ensemble=row.eval_ensemble and eval_teachers, stage1_teacher=row.stage1_teacher,
+      eval_teachers=eval_teachers,
       use_ct=semi and bool(config.use_ct), use_hc=semi and bool(config.use_hc),
       use_lc=semi and bool(config.use_lc) and n > 1, bank_push=bank_push)

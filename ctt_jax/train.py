@@ -98,20 +98,29 @@ class Run:
     config = self.config
     state = state_lib.init_train_state(config, self.model, jax.random.key(config.seed),
                                        self.image_shape,
-                                       variables_hook=_variables_hook(config))
+                                       variables_hook=variables_hook(config))
     if self.method.stage1_teacher:
       state = _stage1_teacher(self, state)
     return sharding.replicate(state, self.mesh)
 
 
-def _variables_hook(config):
-  """Loads converted pretrained weights into each student (same backbone, own head)."""
-  if not config.model.pretrained:
-    return None
+def variables_hook(config):
+  """`hook(variables, k)` loading student k's converted pretrained weights (each student
+  keeps its own random head), or None without model.pretrained. model.pretrained names
+  one checkpoint for every pair or one per pair: the authors' code starts its first
+  student from the COCO DeepLab and its second from torchvision's ImageNet ResNet-101."""
   from ctt_jax.models import weights  # pylint: disable=g-import-not-at-top
-  pretrained = weights.load_pretrained(config.model.pretrained, config.model)
-  return lambda variables: weights.merge_pretrained(
-      variables, pretrained, skip_head=bool(config.model.skip_head))
+  paths = weights.pretrained_paths(config.model.pretrained, int(config.num_pairs))
+  if not paths:
+    return None
+  for path in set(paths):
+    # --bgr-to-rgb exists to read RGB; fed BGR, the flipped conv would see RGB again.
+    if config.image_channel_order == 'bgr' and weights.input_channels_flipped(path):
+      raise ValueError(f'{path} was converted with --bgr-to-rgb but image_channel_order is '
+                       'bgr; convert the original checkpoint again without --bgr-to-rgb.')
+  loaded = {path: weights.load_pretrained(path, config.model) for path in set(paths)}
+  return lambda variables, k: weights.merge_pretrained(
+      variables, loaded[paths[k]], skip_head=bool(config.model.skip_head))
 
 
 def _stage1_teacher(run: Run, state):
@@ -261,7 +270,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   logging.info('Method %s, %d pair(s), %d labeled images, bank k_per_step=%d.',
                run.method.name, run.method.num_pairs, datasets.num_labeled,
                step_lib.bank_k_per_step(config, datasets.num_labeled))
-  eval_step = run.jit_eval_step()
+  eval_step, eval_every = run.jit_eval_step(), eval_period(config, datasets.num_labeled)
   log = _TrainLog(run, writer, run.method.input_streams * config.batch_size, total,
                   datasets.class_names)
   preemption, base_rng, results = _Preemption(), jax.random.key(config.seed + 1), {}
@@ -273,7 +282,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       step += 1
       log.add(step - 1, metrics, write=step % config.log_every == 0 or step == total)
       ranking = None
-      if step % config.eval_every == 0 or step == total:
+      if step % eval_every == 0 or step == total:
         results = _evaluate_and_write(run, datasets, eval_step, state, step, writer)
         ranking = {checkpointing.BEST_METRIC: results[results['best']]['miou']}
       stop_here = preemption.requested or step == config.stop_at_step
@@ -297,6 +306,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   if results and jax.process_index() == 0:
     _print_miou_table(results, datasets.class_names, step)
   return results
+
+
+def eval_period(config: ml_collections.ConfigDict, num_labeled: int) -> int:
+  """Steps between evaluations: `eval_every`, or `eval_every_epochs` epochs of the labeled
+  set. The authors' code counts an epoch done once it has seen N_L labeled images, i.e.
+  after ceil(N_L / batch_size) steps, and evaluates when the epoch count is a multiple of
+  10 (cross_teacher_contr.py)."""
+  if config.eval_every_epochs <= 0:
+    return int(config.eval_every)
+  return int(config.eval_every_epochs) * -(-int(num_labeled) // int(config.batch_size))
 
 
 def _start_writer(run: Run, datasets, state, step: int):

@@ -73,7 +73,7 @@ def create_train_state(config: ml_collections.ConfigDict, variables: PyTree,
 
 
 def init_train_state(config: ml_collections.ConfigDict, model, rng, image_shape,
-                     variables_hook: Optional[Callable[[PyTree], PyTree]] = None,
+                     variables_hook: Optional[Callable[[PyTree, int], PyTree]] = None,
                      ) -> TrainState:
   """Initialises n students (different rng), their teachers, optimiser and banks.
 
@@ -82,12 +82,13 @@ def init_train_state(config: ml_collections.ConfigDict, model, rng, image_shape,
     model: a Flax module returning {'logits', 'features'}.
     rng: PRNG key.
     image_shape: (H, W) of the training crops.
-    variables_hook: applied to each student's variables before stacking, e.g. to load
-      pretrained backbone weights (same backbone, different head init per student).
+    variables_hook: `hook(variables, k)` is applied to student k's variables before
+      stacking, e.g. to load its pretrained backbone weights (each its own head init).
   """
   variables = init_variables(model, rng, tuple(image_shape), int(config.num_pairs))
   if variables_hook is not None:
-    students = [variables_hook(tree_index(variables, k)) for k in range(config.num_pairs)]
+    students = [variables_hook(tree_index(variables, k), k)
+                for k in range(config.num_pairs)]
     variables = tree_stack(students)
   return create_train_state(config, variables, feature_dim(model, tuple(image_shape)))
 

@@ -509,7 +509,7 @@ def train_step(state: TrainState, batch: dict[str, Any], rng, *, model,
   # Dropout of the teachers in train mode: one key for the pseudo-labels, one for the bank.
   pseudo_rng, bank_rng = jax.random.fold_in(rng, 2), jax.random.fold_in(rng, 3)
   unit = image_ops.to_unit_range
-  norm = functools.partial(image_ops.normalize, mean=config.image_mean, std=config.image_std)
+  norm = image_ops.normalizer(config)
   x_l, labels = norm(unit(batch['labeled']['image'])), batch['labeled']['label'].astype(
       jnp.int32)
   targets, x_strong, banks, metrics = {'labels': labels}, None, state.banks, {}

@@ -60,8 +60,8 @@ def main():
   state, step = run.restore()
   data = pipeline.build_datasets(config, training=False, process_index=0, process_count=1)
   batch = next(iter(data.eval_batches()))
-  x = image_ops.normalize(image_ops.to_unit_range(jnp.asarray(batch['image'][:args.images])),
-                          config.image_mean, config.image_std)
+  x = image_ops.normalizer(config)(
+      image_ops.to_unit_range(jnp.asarray(batch['image'][:args.images])))
   bank, valid = np.asarray(state.banks.feats), np.asarray(memory_bank.valid_entries(
       state.banks))
   print(f'step {step}; entries per class and bank:\n{valid.sum(-1)}')

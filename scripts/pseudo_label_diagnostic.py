@@ -44,8 +44,7 @@ def teacher_predictions(run, state, config, source, batch_size):
                            global_batch=batch_size, process_index=0, process_count=1)
   confs, preds, truths, valids = [], [], [], []
   for batch in ds.as_numpy_iterator():
-    x = image_ops.normalize(image_ops.to_unit_range(jnp.asarray(batch['image'])),
-                            config.image_mean, config.image_std)
+    x = image_ops.normalizer(config)(image_ops.to_unit_range(jnp.asarray(batch['image'])))
     out, _ = stacked.apply(run.model, state.teacher_params, state.teacher_batch_stats, x,
                            train=False, how='unroll')
     # As the step does (train_step.pseudo_labels): bilinear logits to image size, softmax.

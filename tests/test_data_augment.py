@@ -20,7 +20,7 @@ def run(params, image, label, seed):
 
 
 def params(**overrides):
-  settings = dict(resize=None, scale_range=(0.5, 1.5), rotation_degrees=0.0,
+  settings = dict(resize=None, scale_range=(0.5, 1.5), scale_step=0.0, rotation_degrees=0.0,
                   translate_fraction=0.0, crop_size=(40, 48), hflip=True)
   settings.update(overrides)
   return augment.TrainAugment(**settings)
@@ -50,6 +50,25 @@ def test_scale_crop_flip_keep_image_and_label_aligned():
     flipped.add(bool(np.array_equal(out_label, label[:, ::-1])))
     assert np.array_equal(out_label, label) or np.array_equal(out_label, label[:, ::-1])
   assert flipped == {True, False}
+
+
+def draw_scales(p, seeds):
+  return np.array([float(augment.draw_scale(p, tf.constant([s, 3], tf.int64)))
+                   for s in seeds])
+
+
+def test_scale_grid_draws_exactly_the_authors_voc_factors():
+  # Their loader (data/voc_dataset.py, generate_scale_label): 0.5 + random.randint(0, 11) / 10.
+  authors = np.array([0.5 + k / 10.0 for k in range(12)])
+  scales = draw_scales(params(scale_range=(0.5, 1.6), scale_step=0.1), range(600))
+  gap = np.abs(scales[:, None] - authors[None]).min(axis=1)
+  assert gap.max() < 1e-6  # every draw is a grid value (float32 rounding only)
+  counts = np.bincount(np.abs(scales[:, None] - authors[None]).argmin(axis=1), minlength=12)
+  assert counts.min() > 25  # each of the 12 values is drawn (50 expected of each)
+  # Without a step the factor is continuous: draws fall between the grid values.
+  continuous = draw_scales(params(scale_range=(0.5, 1.6)), range(200))
+  assert (np.abs(continuous[:, None] - authors[None]).min(axis=1) > 1e-3).mean() > 0.9
+  assert continuous.min() >= 0.5 and continuous.max() <= 1.6
 
 
 def test_rotation_translation_resize_keep_alignment_and_fill_ignore():

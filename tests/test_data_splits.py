@@ -74,3 +74,37 @@ def test_partition_ids_outside_the_training_list_fail(tmp_path):
   with pytest.raises(DataError, match='1 IDs of .*1_2.txt \\(e.g. z\\) are not in the '
                      'training list'):
     splits.partition_from_list(['a', 'b'], str(tmp_path / 'd'), '1_2')
+
+
+AUTHORS_VOC = {'1_50': 212, '1_20': 529, '1_8': 1322, '1_4': 2645}
+
+
+def test_authors_voc_lists_are_prefixes_of_their_permutation():
+  folder = os.path.join(ROOT, 'voc_aug', 'authors')
+  order = splits.read_id_list(os.path.join(folder, 'train_aug.txt'))
+  train = splits.read_id_list(os.path.join(ROOT, 'voc_aug', 'train_aug.txt'))
+  assert sorted(order) == train  # a permutation of the training list
+  for split, count in AUTHORS_VOC.items():
+    labeled, unlabeled = splits.partition_from_list(train, folder, split)
+    assert labeled == sorted(order[:count]), split  # `train_ids[:partial_size]`
+    assert sorted(labeled + unlabeled) == train
+  assert splits.available_splits(folder) == sorted(AUTHORS_VOC) + ['full']
+  standard = splits.read_id_list(os.path.join(ROOT, 'voc_aug', '1_50.txt'))
+  assert len(set(standard) & set(order[:212])) == 5  # another draw than split 0
+
+
+def test_partition_source_picks_the_folder_or_says_why_there_is_none():
+  class Data:
+    splits_dir, partition_source = '', 'authors'
+  assert splits.partition_folder(Data, 'voc_aug') == os.path.join(ROOT, 'voc_aug', 'authors')
+  with pytest.raises(DataError, match=r'data.partition_source=authors has no cityscapes '
+                     r'lists: .*os.walk.*; set data.partition_source=standard.'):
+    splits.partition_folder(Data, 'cityscapes')
+  with pytest.raises(DataError, match=r'no voc_classic lists: .*standard 1_16 list'):
+    splits.partition_folder(Data, 'voc_classic')
+  Data.partition_source = 'standard'
+  assert splits.partition_folder(Data, 'cityscapes') == os.path.join(ROOT, 'cityscapes')
+  Data.partition_source = 'theirs'
+  with pytest.raises(DataError, match=r"Unknown data.partition_source 'theirs'; valid: "
+                     r"standard, authors."):
+    splits.partition_folder(Data, 'voc_aug')

@@ -6,7 +6,7 @@ from PIL import Image
 import pytest
 
 from tests.data_helpers import build, dataset_config
-from ctt_jax.data import testing
+from ctt_jax.data import splits, testing
 
 
 def make_config(tree, name='voc_aug', **overrides):
@@ -64,3 +64,15 @@ def test_default_eval_size_is_512(tree):
   config.data.eval_size = (0, 0)
   ds = build(config)
   assert ds.eval_size == (512, 512)
+
+
+def test_authors_partition_source_reads_the_authors_folder(tree, tmp_path):
+  # A copy of the tree's lists plus an `authors` 1_2 list that labels other images.
+  splits_dir = str(tmp_path / 'splits')
+  for name in ('train_aug', 'val', '1_2'):
+    testing.write_list(os.path.join(splits_dir, 'voc_aug', name + '.txt'), splits.read_id_list(
+        os.path.join(tree['splits_dir'], 'voc_aug', name + '.txt')))
+  theirs = sorted(set(tree['train']) - set(tree['labeled']))[:len(tree['labeled'])]
+  testing.write_list(os.path.join(splits_dir, 'voc_aug', 'authors', '1_2.txt'), theirs)
+  config = make_config({**tree, 'splits_dir': splits_dir}, partition_source='authors')
+  assert sorted(build(config).labeled_ids) == theirs

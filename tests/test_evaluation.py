@@ -101,8 +101,7 @@ def _eval_batch(seed=0, padded=1, image=IMAGE):
 
 def _direct_probs(config, model, params, stats, image_batch):
   """Reference: one eager model.apply in eval mode, upsampled, softmax."""
-  x = images.normalize(jnp.asarray(image_batch, jnp.float32) / 255.0, config.image_mean,
-                       config.image_std)
+  x = images.normalizer(config)(jnp.asarray(image_batch, jnp.float32) / 255.0)
   logits = model.apply({'params': params, 'batch_stats': stats}, x, train=False)['logits']
   return jax.nn.softmax(images.upsample_bilinear(logits, image_batch.shape[1:3]), axis=-1)
 
@@ -145,6 +144,25 @@ def test_ensemble_entry_only_for_ensemble(ensemble_setup):
   shape = jax.eval_shape(inference.make_eval_step(ctt, model), state, _eval_batch()).shape
   assert shape == (2 * ctt.num_pairs, CLASSES, CLASSES)
   assert 'ensemble' not in methods.from_config(ctt).network_names()
+
+
+def test_students_only_scores_the_students_rows_and_ranks_best_among_them(ensemble_setup):
+  config, model, state, eval_step = ensemble_setup
+  students = tiny_config(method='ensemble', num_pairs=config.num_pairs,
+                         eval_networks='students')
+  method = methods.from_config(students)
+  assert method.network_names() == ['student_0', 'student_1']
+  assert method.default_network == 'student_0' and method.ema_teachers  # teachers still train
+  batch = _eval_batch()
+  got = np.asarray(jax.jit(inference.make_eval_step(students, model))(state, batch))
+  every = np.asarray(eval_step(state, batch))
+  np.testing.assert_array_equal(got, every[:config.num_pairs])
+  results = metrics.evaluate(lambda s, b: got, state, [batch], method.network_names(),
+                             config.num_classes)
+  assert results['best'] in method.network_names()  # the checkpoint ranking's network
+  with pytest.raises(ValueError, match=r"Unknown eval_networks 'student'; valid: all, "
+                     r"students."):
+    methods.from_config(tiny_config(eval_networks='student'))
 
 
 def test_evaluate_accumulates_and_picks_best(ensemble_setup, tmp_path):

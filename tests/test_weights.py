@@ -233,3 +233,43 @@ def test_load_pretrained_from_an_orbax_directory(tmp_path):
   loaded = weights.flatten_variables(weights.load_pretrained(str(tmp_path / 'ckpt'), c))
   for k, v in weights.flatten_variables(variables).items():
     np.testing.assert_array_equal(loaded[k], v)
+
+
+def test_torchvision_checkpoint_in_the_caffe_layout_as_the_authors_load_it(tmp_path):
+  """Their second student (cross_teacher_contr.py 709-727): a caffe-layout Res_Deeplab
+  whose entries are copied from torchvision's ResNet wherever name and size match.
+  Converting the same file with --layout caffe must give exactly that network."""
+  tv_sd = ref.state_dict_numpy(ref.randomize_(ref.ResNet('resnet50', 'torchvision', 8, 0.0625),
+                                              seed=3))
+  tv_sd['fc.weight'] = np.ones((1000, 128), np.float32)  # their loop skips it: no such name
+  tv_sd['fc.bias'] = np.ones((1000,), np.float32)
+  theirs = ref.randomize_(ref.ResNet('resnet50', 'caffe', 8, 0.0625), seed=4)
+  new_params = theirs.state_dict().copy()
+  copied = set()
+  for name, param in new_params.items():
+    if name in tv_sd and tuple(param.size()) == tv_sd[name].shape:
+      new_params[name].copy_(torch.from_numpy(tv_sd[name]))
+      copied.add(name)
+  theirs.load_state_dict(new_params)
+  assert copied == set(new_params)  # every entry came from the file, none kept its init
+
+  c = model_config('deeplabv2', 'resnet50', 'caffe', m=0.0625, skip_head=True)
+  want = weights.flatten_variables(
+      weights.from_torch_state_dict(ref.state_dict_numpy(theirs), c))
+  torch.save({k: torch.from_numpy(v) for k, v in tv_sd.items()}, tmp_path / 'tv.pth')
+  convert.main(['--input', str(tmp_path / 'tv.pth'), '--output', str(tmp_path / 'tv.npz'),
+                '--backbone', 'resnet50', '--layout', 'caffe', '--width-multiplier', '0.0625'])
+  got = weights.flatten_variables(weights.load_pretrained(str(tmp_path / 'tv.npz'), c))
+  assert got.keys() == want.keys()
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_pretrained_paths_one_for_all_or_one_per_pair():
+  assert weights.pretrained_paths('', 2) == []
+  assert weights.pretrained_paths('a.npz', 3) == ['a.npz'] * 3
+  assert weights.pretrained_paths('(coco.npz, tv.npz)', 2) == ['coco.npz', 'tv.npz']
+  assert weights.pretrained_paths('coco.npz,tv.npz', 2) == ['coco.npz', 'tv.npz']
+  with pytest.raises(ValueError, match=r'model.pretrained names 2 checkpoints for 3 pairs; '
+                     r'give one checkpoint for every pair or one per pair, comma-separated.'):
+    weights.pretrained_paths('coco.npz,tv.npz', 3)

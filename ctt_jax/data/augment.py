@@ -25,7 +25,9 @@ class TrainAugment:
   """The weak view's parameters (from config.data, see `from_config`).
 
   resize: (H, W) every image is first resized to, or None (keep the original size).
-  scale_range: (lo, hi) random rescale factor, uniform.
+  scale_range: (lo, hi) random rescale factor.
+  scale_step: 0: the factor is uniform on scale_range; > 0: it is one of lo, lo + step,
+    ..., hi, each as likely (`draw_scale`).
   rotation_degrees: max |angle| of a random rotation about the centre (0: off).
   translate_fraction: max |shift| as a fraction of height / width (0: off).
   crop_size: (H, W) of the output; smaller images are padded (label 255, valid False).
@@ -33,6 +35,7 @@ class TrainAugment:
   """
   resize: tuple[int, int] | None
   scale_range: tuple[float, float]
+  scale_step: float
   rotation_degrees: float
   translate_fraction: float
   crop_size: tuple[int, int]
@@ -42,6 +45,7 @@ class TrainAugment:
   def from_config(cls, data_config) -> 'TrainAugment':
     return cls(resize=size_or_none(data_config.resize),
                scale_range=tuple(float(s) for s in data_config.scale_range),
+               scale_step=float(data_config.scale_step),
                rotation_degrees=float(data_config.rotation_degrees),
                translate_fraction=float(data_config.translate_fraction),
                crop_size=tuple(int(s) for s in data_config.crop_size),
@@ -60,6 +64,18 @@ def resize(image, label, valid, size):
   label = tf.image.resize(label[..., None], size, 'nearest')[..., 0]
   valid = tf.image.resize(tf.cast(valid, tf.uint8)[..., None], size, 'nearest')[..., 0] > 0
   return image, label, valid
+
+
+def draw_scale(params: TrainAugment, seed):
+  """The random rescale factor, a float32 scalar: uniform on `scale_range`, or, with
+  `scale_step` > 0, one of the grid lo, lo + step, ..., hi drawn uniformly (the CTT
+  authors' VOC loader draws `0.5 + random.randint(0, 11) / 10`: 0.5, 0.6, ..., 1.6)."""
+  lo, hi = params.scale_range
+  if params.scale_step <= 0:
+    return tf.random.stateless_uniform([], seed, lo, hi)
+  count = int(round((hi - lo) / params.scale_step)) + 1  # grid points, both ends included
+  k = tf.random.stateless_uniform([], seed, 0, count, tf.int32)
+  return lo + tf.cast(k, tf.float32) * params.scale_step
 
 
 def _affine(image, label, valid, angle, shift):
@@ -113,7 +129,7 @@ def train_augment(params: TrainAugment, image, label, seed):
 
   lo, hi = params.scale_range
   if (lo, hi) != (1.0, 1.0):
-    scale = tf.random.stateless_uniform([], s_scale, lo, hi)
+    scale = draw_scale(params, s_scale)
     new_size = tf.cast(tf.round(tf.cast(tf.shape(label), tf.float32) * scale), tf.int32)
     image, label, valid = resize(image, label, valid, tf.maximum(new_size, 1))
 

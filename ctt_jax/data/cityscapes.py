@@ -93,7 +93,8 @@ def build_source(config) -> Source:
   folder = os.path.join(splits.splits_dir(data), 'cityscapes')
   train_ids = splits.read_id_list(os.path.join(folder, 'train.txt'))
   val_ids = splits.read_id_list(os.path.join(folder, 'val.txt'))
-  labeled_ids, unlabeled_ids = splits.partition_from_list(train_ids, folder, data.split)
+  labeled_ids, unlabeled_ids = splits.partition_from_list(
+      train_ids, splits.partition_folder(data, 'cityscapes'), data.split)
 
   source = data.source
   if source not in ('auto', 'folder', 'tfds'):

@@ -25,6 +25,34 @@ def splits_dir(data_config) -> str:
   return data_config.splits_dir or PACKAGED_SPLITS_DIR
 
 
+# data.partition_source: the packaged 'standard' lists (splits/README.md), or the lists the
+# CTT authors' code trained with, in `<dataset>/authors/` where they can be named.
+PARTITION_SOURCES = ('standard', 'authors')
+# Why a dataset has no `authors` lists (one clause each, for the error).
+_NO_AUTHORS_LISTS = {
+    'cityscapes': ("their splits/city/split_0.pkl holds indices into the order os.walk "
+                   "lists the Cityscapes train folder in, an order each file system decides, "
+                   "so the indices name no images"),
+    'voc_classic': ("their DeepLabV3+ script reads one list, data/voc_list/labeled.txt, "
+                    "whose 92 IDs are the standard 1_16 list"),
+}
+
+
+def partition_folder(data_config, dataset: str) -> str:
+  """The folder holding `dataset`'s partition files for data.partition_source."""
+  folder = os.path.join(splits_dir(data_config), dataset)
+  source = data_config.partition_source
+  if source not in PARTITION_SOURCES:
+    raise DataError(f'Unknown data.partition_source {source!r}; valid: '
+                    f'{", ".join(PARTITION_SOURCES)}.')
+  if source == 'standard':
+    return folder
+  if dataset in _NO_AUTHORS_LISTS:
+    raise DataError(f'data.partition_source=authors has no {dataset} lists: '
+                    f'{_NO_AUTHORS_LISTS[dataset]}; set data.partition_source=standard.')
+  return os.path.join(folder, 'authors')
+
+
 def read_id_list(path: str) -> list[str]:
   """One ID per line; blank lines are skipped. Fails if the file is missing or empty."""
   if not os.path.isfile(path):

@@ -6,7 +6,8 @@ Folder layout (tfds has no VOC segmentation builder):
     <data_dir>/SegmentationClassAug/<id>.png   class indices 0..20, 255 = ignore
 
 voc_aug: training list splits/voc_aug/train_aug.txt (10582), labeled =
-splits/voc_aug/<split>.txt. voc_classic: labeled = splits/voc_classic/<split>.txt ('full' =
+splits/voc_aug/<split>.txt (splits/voc_aug/authors/<split>.txt with
+data.partition_source=authors). voc_classic: labeled = splits/voc_classic/<split>.txt ('full' =
 its train.txt, 1464), unlabeled = train_aug.txt minus those. Both evaluate on
 splits/voc_aug/val.txt (1449), whole images padded to 512x512 (VOC images are <= 500x500).
 """
@@ -84,13 +85,12 @@ def build_source(config) -> Source:
   train_list = os.path.join(aug_folder, 'train_aug.txt')
   train_ids = splits.read_id_list(train_list)
   if data.name == 'voc_classic':
-    folder = os.path.join(root, 'voc_classic')
-    full = splits.read_id_list(os.path.join(folder, 'train.txt'))
-    labeled_ids, unlabeled_ids = splits.partition_from_list(train_ids, folder, data.split,
-                                                            full_ids=full)
+    full = splits.read_id_list(os.path.join(root, 'voc_classic', 'train.txt'))
+    labeled_ids, unlabeled_ids = splits.partition_from_list(
+        train_ids, splits.partition_folder(data, 'voc_classic'), data.split, full_ids=full)
   else:
-    labeled_ids, unlabeled_ids = splits.partition_from_list(train_ids, aug_folder,
-                                                            data.split)
+    labeled_ids, unlabeled_ids = splits.partition_from_list(
+        train_ids, splits.partition_folder(data, 'voc_aug'), data.split)
   val_list = os.path.join(aug_folder, 'val.txt')
   val_ids = splits.read_id_list(val_list)
 

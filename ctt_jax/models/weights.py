@@ -270,6 +270,32 @@ def load_pretrained(path: str, model_config: ml_collections.ConfigDict,
   return _from_named_arrays(read_arrays(path), model_config, path, num_classes, skip_head)
 
 
+def pretrained_paths(pretrained: str, num_pairs: int) -> list[str]:
+  """The checkpoint of each pair from `model.pretrained`: one path for every pair, or one
+  per pair, comma-separated (in a config argument inside brackets, `(a.npz,b.npz)`, so
+  the comma is not read as the next override). [] when empty."""
+  text = pretrained.strip().strip('()[]')
+  if not text:
+    return []
+  paths = [p.strip() for p in text.split(',')]
+  if len(paths) == 1:
+    return paths * num_pairs
+  if len(paths) != num_pairs or not all(paths):
+    raise ValueError(f'model.pretrained names {len(paths)} checkpoints for {num_pairs} '
+                     'pairs; give one checkpoint for every pair or one per pair, '
+                     'comma-separated.')
+  return paths
+
+
+def input_channels_flipped(path: str) -> bool:
+  """Whether `path` is a converted .npz whose first conv was flipped by --bgr-to-rgb."""
+  if not path.lower().endswith('.npz') or not os.path.isfile(path):
+    return False
+  with np.load(path, allow_pickle=False) as data:
+    return ('meta/input_channels_flipped' in data.files
+            and str(data['meta/input_channels_flipped']) == 'true')
+
+
 def read_arrays(path: str) -> dict[str, np.ndarray]:
   """Name -> numpy array from an `.npz` or `.safetensors` file (clear error otherwise)."""
   suffix = os.path.splitext(path)[1].lower()
