@@ -358,9 +358,9 @@ def test_paired_differences_hand_computed(script, tmp_path):
   assert '| **std** |  |  |  |  | 3.79 | 1.00 | - |' in md
   assert '| **min** |  |  |  |  | -1.00 | +1.00 | +1.00 |' in md
   assert '| **n** |  |  |  |  | 3 | 3 | 1 |' in md
-  assert '## Training seed varied on subset 0' in md
+  assert '## recipe `paper`: training seed varied on subset 0' in md
   assert '| 1 | 43.00 | - | - | 42.00 | -1.00 | - | - |' in md
-  assert '| ctt | 3 | 0 | partial | 50 / 100 | 50.00 |' in md
+  assert '| paper | ctt | 3 | 0 | partial | 50 / 100 | 50.00 |' in md
   assert '](c.png)' in md and 'Pseudo-label' not in md
   assert 'Every network' not in md  # no record has more than one network
 
@@ -444,3 +444,58 @@ def test_pseudo_iou_from_events(script, tmp_path):
 
 if __name__ == '__main__':
   sys.exit(pytest.main([__file__, '-q']))
+
+
+def test_recipes_are_never_pooled_and_pairs_span_subsets_and_seeds(script, tmp_path):
+  authors = lambda *a, **k: dict(record(*a, **k), recipe='authors',
+                                 config='1_8,recipe=authors')
+  records = [
+      record('mean_teacher', 0, 0, 0.40), record('ctt', 0, 0, 0.41),  # paper: +1
+      authors('mean_teacher', 0, 0, 0.40), authors('ctt', 0, 0, 0.43),  # authors: +3
+      authors('mean_teacher', 1, 0, 0.42), authors('ctt', 1, 0, 0.41),  # -1
+      authors('mean_teacher', 0, 1, 0.39), authors('ctt', 0, 1, 0.44),  # +5
+  ]
+  rows, stats = script.paired_differences(records, ('partition_seed', 'seed'),
+                                          {'recipe': 'authors'})
+  assert [row[('partition_seed', 'seed')] for row in rows] == [(0, 0), (0, 1), (1, 0)]
+  assert stats['mean_teacher']['n'] == 3
+  assert 100 * stats['mean_teacher']['mean'] == pytest.approx((3 + 5 - 1) / 3)
+  _, paper = script.paired_differences(records, 'partition_seed', {'seed': 0,
+                                                                   'recipe': 'paper'})
+  assert 100 * paper['mean_teacher']['mean'] == pytest.approx(1)
+  md = script.write_markdown(records, str(tmp_path / 'grid.md'), base_seed=0,
+                             seed_study_partition=0)
+  assert '## recipe `authors`: every (subset, seed) pair' in md
+  assert '| 0, 1 | 39.00 | 44.00 | +5.00 |' in md
+  assert '## recipe `paper`: every (subset, seed) pair' not in md  # one seed only
+  # A record written before runs had a recipe takes it from its config argument.
+  assert script.recipe_of({'config': '1_8,recipe=authors,method=ctt'}) == 'authors'
+  assert script.recipe_of({'config': '1_8,method=ctt'}) == 'paper'
+
+
+def test_every_seed_on_every_subset_plan_and_recipe_workdirs(script):
+  runs = script.plan_grid(['ctt', 'mean_teacher'], [0, 1], [0, 1], seed_study_partition=-1,
+                          recipe='authors')
+  assert [r.name for r in runs] == [
+      'authors/p0_s0/mean_teacher', 'authors/p0_s0/ctt', 'authors/p1_s0/mean_teacher',
+      'authors/p1_s0/ctt', 'authors/p0_s1/mean_teacher', 'authors/p0_s1/ctt',
+      'authors/p1_s1/mean_teacher', 'authors/p1_s1/ctt']
+  assert runs[1].workdir('/g') == '/g/authors/p0_s0/ctt'
+  assert runs[1].config_arg('1_8') == '1_8,recipe=authors,method=ctt,data.partition_seed=0,seed=0'
+  assert script.Run('ctt', 0, 0).config_arg('1_8') == '1_8,method=ctt,data.partition_seed=0,seed=0'
+  with pytest.raises(ValueError, match="sets 'recipe'"):
+    script.check_overrides('recipe=authors')
+
+
+def test_reports_keep_the_runs_of_earlier_grids(script, tmp_path):
+  grid_json = tmp_path / 'grid.json'
+  earlier = [dict(record('ctt', 0, 0, 0.40), config='1_8,method=ctt'),
+             dict(record('ctt', 1, 0, 0.30), config='1_8,method=ctt')]
+  grid_json.write_text(json.dumps({'runs': earlier}))
+  now = [dict(record('ctt', 1, 0, 0.35), recipe='paper'),
+         dict(record('ctt', 0, 0, 0.45), recipe='authors')]
+  merged = script.keep_earlier_records(now, str(grid_json))
+  keys = sorted(script.record_key(r) for r in merged)
+  assert keys == [('authors', 'ctt', 0, 0), ('paper', 'ctt', 0, 0), ('paper', 'ctt', 1, 0)]
+  # The run this grid holds replaces its earlier record; the other earlier one is kept.
+  assert [r['miou'] for r in merged if script.record_key(r) == ('paper', 'ctt', 1, 0)] == [0.35]
