@@ -98,10 +98,11 @@ def network_args(args) -> tuple[tuple[int, int], dict]:
 
 
 def make_config(s: dict, method: str, num_pairs: int, conv_impl: str, **overrides):
-  """The paper's Cityscapes setting (configs/cityscapes.py: DeepLabV2 caffe R101 with the
-  authors' head, output stride 8, frozen BN, 19 classes, SGD) with the benchmark's
-  backbone, head (`s['head']`, default the config's) and method."""
-  c = cityscapes.get_config()
+  """The paper's Cityscapes setting (configs/cityscapes.py with `recipe=paper`: DeepLabV2
+  caffe R101 with the authors' head, output stride 8, frozen BN, half-pixel resizing, 19
+  classes, SGD) with the benchmark's backbone, head (`s['head']`, default the config's)
+  and method; the PyTorch reference step is written for that setting."""
+  c = cityscapes.get_config('recipe=paper')
   c.method, c.num_pairs = method, num_pairs
   c.model.backbone, c.model.width_multiplier = s['backbone'], s['width_multiplier']
   c.model.head = s.get('head') or c.model.head
