@@ -10,8 +10,8 @@ host; `--distributed` (or the JAX_COORDINATOR_ADDRESS / cloud TPU environment) m
 jax.distributed.initialize() first.
 
 Every error a user can fix (config, data, workdir, checkpoint) ends in one sentence on
-stderr and a non-zero exit status; SIGTERM checkpoints and exits with 143 so schedulers
-requeue the job.
+stderr and a non-zero exit status. SIGTERM checkpoints and exits with 143 so schedulers
+requeue the job; Ctrl-C (SIGINT) checkpoints and exits with 130.
 """
 import os
 import sys
@@ -39,7 +39,11 @@ flags.DEFINE_string('topology', None, '--mode=compile: a Cloud TPU slice, e.g. v
 flags.DEFINE_string('input', None, '--mode=predict: a folder of images.')
 flags.DEFINE_string('output', None, '--mode=predict: where the PNGs go.')
 flags.DEFINE_string('network', '', '--mode=predict: student_k, teacher_k or ensemble.')
-flags.DEFINE_integer('checkpoint_step', None, '--mode=eval/predict: step (default latest).')
+flags.DEFINE_integer('checkpoint_step', None, '--mode=eval/predict: step (default: the '
+                     'newest verified one).')
+flags.DEFINE_bool('allow_unverified', False, 'Resume, evaluate or predict from a checkpoint '
+                  'without a digest (an older version of ctt-jax stopped before writing it) '
+                  'instead of falling back to the newest verified one.')
 flags.DEFINE_bool('distributed', None, 'Call jax.distributed.initialize() (default: when '
                   'JAX_COORDINATOR_ADDRESS is set or on a multi-host TPU).')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -53,8 +57,7 @@ def _want_distributed() -> bool:
 
 
 def _fail(message: str, status: int = 1):
-  logging.error('%s', message)
-  print(f'Error: {message}', file=sys.stderr)
+  print(f'Error: {message}', file=sys.stderr)  # once: not also through the log
   sys.exit(status)
 
 
@@ -75,7 +78,7 @@ def parse_flags(argv):
 
 def _run_mode(train, config):
   if FLAGS.mode == 'train':
-    train.train_and_evaluate(config, FLAGS.workdir)
+    train.train_and_evaluate(config, FLAGS.workdir, allow_unverified=FLAGS.allow_unverified)
   elif FLAGS.mode == 'compile':
     if not FLAGS.topology:
       raise app.UsageError('--mode=compile needs --topology, e.g. --topology=v5e:2x4.')
@@ -85,12 +88,13 @@ def _run_mode(train, config):
     except tpu_compile.CompileCheckError as e:  # unknown topology, no libtpu, bad batch
       _fail(str(e))
   elif FLAGS.mode == 'eval':
-    train.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint_step)
+    train.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint_step,
+                              allow_unverified=FLAGS.allow_unverified)
   else:
     if not FLAGS.input or not FLAGS.output:
       raise app.UsageError('--mode=predict needs --input=DIR and --output=DIR.')
     train.predict(config, FLAGS.workdir, FLAGS.input, FLAGS.output, FLAGS.network,
-                  FLAGS.checkpoint_step)
+                  FLAGS.checkpoint_step, allow_unverified=FLAGS.allow_unverified)
 
 
 def main(argv):
@@ -109,6 +113,7 @@ def main(argv):
   from ctt_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from ctt_jax import config_validation  # pylint: disable=g-import-not-at-top
   from ctt_jax import data  # pylint: disable=g-import-not-at-top
+  from ctt_jax import predict  # pylint: disable=g-import-not-at-top
   from ctt_jax import train  # pylint: disable=g-import-not-at-top
   from ctt_jax import workdir_lock  # pylint: disable=g-import-not-at-top
   try:
@@ -120,11 +125,15 @@ def main(argv):
     for warning in config_validation.warnings(FLAGS.config):
       logging.warning('%s', warning)
     _run_mode(train, FLAGS.config)
-  except train.Preempted as e:
-    # 128 + SIGTERM: schedulers read "killed by SIGTERM" and requeue the job.
+  except train.Interrupted as e:
+    # 128 + the signal: schedulers read "killed by SIGTERM" (143) and requeue the job.
     print(str(e), file=sys.stderr)
-    sys.exit(143)
-  except config_validation.ConfigError as e:
+    sys.exit(e.exit_status)
+  except KeyboardInterrupt:  # Ctrl-C before the training loop, or in eval/predict
+    print('Interrupted (SIGINT) with nothing to save; rerun the same command to start '
+          'again.', file=sys.stderr)
+    sys.exit(130)
+  except (config_validation.ConfigError, predict.RequestError) as e:
     _fail(str(e), status=2)
   except (data.DataError, train.NonFiniteLossError, FileNotFoundError,
           checkpointing.CheckpointError, workdir_lock.WorkdirError) as e:
