@@ -1,7 +1,7 @@
 """main.py end to end on the synthetic set with a tiny model: events, checkpoints, eval
 JSON, exact resume, SIGKILL, SIGTERM and a double Ctrl-C while saving, NaN stop, missing
-dataset, the workdir lock, refused resumes, config errors, a finished rerun, a read-only
-eval, an eval without a run, unverified checkpoints."""
+dataset, the workdir lock, refused resumes, command-line and config errors, a finished
+rerun, a read-only eval, an eval without a run, unverified checkpoints."""
 import glob
 import json
 import os
@@ -274,20 +274,48 @@ def test_resume_never_trains_on_from_an_unverified_step(straight_run, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize('arg, expected', [
-    ('bank_sise=3', "Unknown config key 'bank_sise'; did you mean bank_size"),
-    ('phi=high', "Bad value for config key 'phi'"),
-    ('num_pairs=0', 'num_pairs'),
-    ('eval_every=0', 'eval_every'),
-    ('total_steps=-5', 'total_steps'),
-    ('phi=2', 'phi'),
-    ('method=ctx', "did you mean 'ctt'"),
+DEMO = 'configs/demo.py'
+PREDICT = ['--mode=predict', '--input={tmp}/in']
+
+
+@pytest.mark.parametrize('args, expected', [
+    ([f'--config={DEMO}', '--config.lamda_ct=2'],
+     "--config.lamda_ct=2: 'lamda_ct' is not a config key; did you mean lambda_ct"),
+    ([f'--config={DEMO}', '--config.lr=abc'],
+     "--config.lr=abc: lr must be a number > 0, not 'abc'."),
+    (['--config=configs/demoo.py'], '--config=configs/demoo.py: configs/demoo.py does not '
+     'exist (did you mean configs/demo.py?); pass a config file, one of configs/camvid.py'),
+    ([f'--config={DEMO}', '--mode=evaluate'], '--mode=evaluate is not one of train, eval, '
+     'predict, compile (did you mean --mode=eval?).'),
+    ([f'--config={DEMO}', *PREDICT, '--output={tmp}/out', '--network=student_7'],
+     '--network=student_7 is not a network of this run; use one of student_0, student_1, '
+     'teacher_0, teacher_1 (did you mean student_1?).'),
+    ([f'--config={DEMO}', *PREDICT, '--output={tmp}/file'],
+     '--output={tmp}/file is a file, not a folder'),
+    ([f'--config={DEMO}:' + TINY + ',bank_sise=3'],
+     "Unknown config key 'bank_sise'; did you mean bank_size"),
+    ([f'--config={DEMO}:phi=high'], "Bad value for config key 'phi'"),
+    ([f'--config={DEMO}:total_steps=0'], 'Invalid config: total_steps is 0 but must be'),
+    ([f'--config={DEMO}:lr=-1'], 'Invalid config: lr is -1.0 but must be a number > 0'),
+    ([f'--config={DEMO}:phi=2'], 'Invalid config: phi is 2.0 but must be'),
+    ([f'--config={DEMO}:num_pairs=0'], 'Invalid config: num_pairs is 0 but must be'),
+    ([f'--config={DEMO}:method=ctt_typo'], "method is 'ctt_typo' but must be one of 'supervised', "),
+    ([f'--config={DEMO}:eval_every=0'], 'eval_every is 0 but must be'),
 ])
-def test_config_errors_are_one_sentence_before_anything_is_built(tmp_path, arg, expected):
-  workdir = tmp_path / 'w'
-  proc = _main(str(workdir), f'{TINY},{arg}', check=False)
+def test_command_line_mistakes_are_one_sentence_before_anything_is_loaded(tmp_path, args,
+                                                                          expected):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'in').mkdir()
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'in' / 'a.png')
+  (tmp_path / 'file').write_text('x')
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'main.py'),
+       *[a.format(tmp=tmp_path) for a in args], f'--workdir={tmp_path / "w"}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2, proc.stderr[-2000:]
-  assert 'Traceback' not in proc.stderr
-  error_lines = [l for l in proc.stderr.splitlines() if l.startswith('Error: ')]
-  assert len(error_lines) == 1 and expected in error_lines[0], proc.stderr[-2000:]
-  assert not workdir.exists()  # refused before the workdir was touched
+  # One line: the sentence, printed once, before jax and TensorFlow load (main() logs
+  # its first line after that) and before the workdir is touched.
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('Error: '), proc.stderr[-2000:]
+  assert expected.format(tmp=tmp_path) in lines[0], lines[0]
+  assert not (tmp_path / 'w').exists() and not (tmp_path / 'out').exists()
