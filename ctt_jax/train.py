@@ -179,8 +179,9 @@ class _TrainLog:
       self.window.append(self.check(*self.pending))
       self.pending = None
 
-  def add(self, step: int, metrics, write: bool):
-    """Metrics of step `step` (0-based); `write` averages and writes the window."""
+  def add(self, step: int, metrics, write: bool, bank_count=None):
+    """Metrics of step `step` (0-based); `write` averages and writes the window.
+    `bank_count`: the state's per-class bank fill [n, C], read only when writing."""
     self.flush_pending()
     self.pending = (step, metrics)
     if not write:
@@ -196,6 +197,7 @@ class _TrainLog:
     scalars['images_per_sec'] = steps_per_sec * self.images_per_step
     self.writer.write_scalars(step + 1, {f'train/{k}': v for k, v in scalars.items()})
     self._progress(step + 1, scalars)
+    self._warn_if_banks_cannot_fill(step + 1, bank_count)
     self.window, self.window_start = [], time.time()
 
   def _pseudo_label_iou(self, confusion) -> dict[str, float]:
@@ -216,17 +218,39 @@ class _TrainLog:
     logging.info('Step %d/%d: loss %.4f, %.2f steps/s, ETA %dm%02ds.', done,
                  self.total_steps, scalars['loss'], scalars['steps_per_sec'],
                  left // 60, left % 60)
-    # Banks that have not filled after a tenth of the run usually never will (a class
-    # that is absent, or never predicted right, among the labeled pixels).
-    if (not self.warned_banks and self.run.config.contrastive_start_step < 0
-        and scalars.get('contrastive_active', 1.0) == 0.0
-        and done >= self.total_steps // 10):
+
+  def _warn_if_banks_cannot_fill(self, done: int, bank_count):
+    method = self.run.method
+    if (self.warned_banks or bank_count is None or not (method.use_hc or method.use_lc)
+        or done < self.total_steps // 10):
+      return
+    warning = banks_cannot_fill(done, np.asarray(jax.device_get(bank_count)),
+                                self.class_names, self.run.config.contrastive_start_step)
+    if warning:
       self.warned_banks = True
-      logging.warning(
-          'HC/LC have not started at step %d: the memory banks are %.0f%% full and start '
-          'the contrastive terms only when every queue is full; a class absent from the '
-          'labeled pixels keeps its queue from filling: set contrastive_start_step to '
-          'start anyway.', done, 100 * scalars.get('bank_fill', 0.0))
+      logging.warning('%s', warning)
+
+
+def banks_cannot_fill(done: int, bank_count: np.ndarray, class_names: tuple[str, ...],
+                      contrastive_start_step: int) -> Optional[str]:
+  """The warning for memory banks that cannot fill, or None.
+
+  HC/LC start when every class queue is full (contrastive_start_step -1); a queue takes
+  labeled pixels the teacher predicts right. One still empty after a tenth of the run
+  means a class absent from the labeled images or never predicted right there, which
+  can keep the terms off for good; queues that are merely filling are no reason to warn.
+  bank_count: int [n, C].
+  """
+  if contrastive_start_step >= 0:
+    return None
+  empty = [class_names[c] for c in np.flatnonzero((bank_count == 0).any(axis=0))]
+  if not empty:
+    return None
+  names = ', '.join(repr(n) for n in empty)
+  return (f'HC/LC have not started at step {done}: the memory-bank queue of class {names} '
+          'is still empty (no labeled pixel of it was predicted right yet), and the '
+          'contrastive terms start only when every queue is full; check that the labeled '
+          'images contain it, or set contrastive_start_step to start anyway.')
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -339,7 +363,8 @@ def _train_loop(run: Run, datasets, writer, state, step: int):
       batch = sharding.global_batch(batch, run.mesh)
       state, metrics = train_step(state, batch, jax.random.fold_in(base_rng, step))
       step += 1
-      log.add(step - 1, metrics, write=step % config.log_every == 0 or step == total)
+      log.add(step - 1, metrics, write=step % config.log_every == 0 or step == total,
+              bank_count=state.banks.count)
       ranking = None
       if step % config.eval_every == 0 or step == total:
         results = _evaluate_and_write(run, datasets, eval_step, state, step, writer)

@@ -1,9 +1,11 @@
 """main.py end to end on the synthetic set with a tiny model: events, checkpoints, eval
 JSON, exact resume, SIGKILL, SIGTERM and a double Ctrl-C while saving, NaN stop, missing
 dataset, the workdir lock, refused resumes, command-line and config errors, a finished
-rerun, a read-only eval, an eval without a run, unverified checkpoints."""
+rerun, a read-only eval, an eval without a run, unverified checkpoints, the memory-bank
+warning."""
 import glob
 import json
+import logging
 import os
 import re
 import subprocess
@@ -39,10 +41,25 @@ def _scalar_and_image_tags(workdir):
   return set(acc.Tags()['tensors']) | set(acc.Tags()['scalars']), set(acc.Tags()['images'])
 
 
+STRAIGHT_RUN_WARNINGS = []  # what the straight run logged at WARNING
+
+
+class _Collect(logging.Handler):
+  def emit(self, record):
+    if record.levelno >= logging.WARNING:
+      STRAIGHT_RUN_WARNINGS.append(record.getMessage())
+
+
 @pytest.fixture(scope='module')
 def straight_run(tmp_path_factory):
+  """The one trained tiny run of this module (4 steps); its warnings are kept."""
   workdir = str(tmp_path_factory.mktemp('straight'))
-  results = train.train_and_evaluate(_config(), workdir)
+  collect = _Collect()
+  logging.getLogger('absl').addHandler(collect)
+  try:
+    results = train.train_and_evaluate(_config(), workdir)
+  finally:
+    logging.getLogger('absl').removeHandler(collect)
   return workdir, results
 
 
@@ -272,6 +289,29 @@ def test_resume_never_trains_on_from_an_unverified_step(straight_run, tmp_path):
   assert step_b == 4
   for a, b in zip(params_a, params_b):
     np.testing.assert_array_equal(a, b)
+
+
+def test_bank_warning_fires_for_an_empty_queue_not_for_filling_ones():
+  names = ('background', 'rectangle', 'disk', 'triangle', 'stripes')
+  # The demo's banks at step 50 of 300 (bank_size 32), measured: filling, none empty.
+  filling = np.array([[32, 32, 32, 32, 32], [32, 32, 32, 32, 5]])
+  assert train.banks_cannot_fill(50, filling, names, contrastive_start_step=-1) is None
+  never_seen = filling.copy()
+  never_seen[1, 2] = 0
+  warning = train.banks_cannot_fill(50, never_seen, names, contrastive_start_step=-1)
+  assert "class 'disk' is still empty" in warning and 'contrastive_start_step' in warning
+  assert train.banks_cannot_fill(50, never_seen, names, contrastive_start_step=0) is None
+
+
+def test_the_run_warns_only_about_classes_whose_queue_is_empty(straight_run):
+  """The loop reads the banks at each log line (step 2 of the tiny run, a tenth of 4 steps
+  passed): the warning names exactly the classes whose queue was empty then."""
+  workdir, _ = straight_run
+  manager = checkpointing.make_manager(workdir, keep=3, read_only=True)
+  count = np.asarray(checkpointing.read_raw(manager, 2)[0]['banks']['count'])
+  expected = train.banks_cannot_fill(2, count, data.class_info('synthetic')[0], -1)
+  logged = [w for w in STRAIGHT_RUN_WARNINGS if w.startswith('HC/LC have not started')]
+  assert logged == ([expected] if expected else []), (logged, count)
 
 
 DEMO = 'configs/demo.py'
