@@ -112,7 +112,7 @@ def _flag_error(error: Exception, argv) -> str:
     problem = _override_problem(*override.split('=', 1))
     if problem:
       return problem
-  from_config_file = str(error).startswith('flag --config=')
+  from_config_file = bool(spec) and str(error).startswith('flag --config=')
   if isinstance(error, flags.IllegalFlagValueError) and not from_config_file:
     return _illegal_flag_value(str(error))
   if isinstance(error, flags.Error) and not from_config_file:

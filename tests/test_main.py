@@ -335,6 +335,9 @@ PREDICT = ['--mode=predict', '--input={tmp}/in']
     ([f'--config={DEMO}:' + TINY + ',bank_sise=3'],
      "Unknown config key 'bank_sise'; did you mean bank_size"),
     ([f'--config={DEMO}:phi=high'], "Bad value for config key 'phi'"),
+    ([f'--config={DEMO}:2_3'], f"--config={DEMO}:2_3: Unknown partition '2_3' for "
+     'synthetic; valid: 1_8, 1_4, 1_2, full.'),
+    ([], '--config is required: Config file[:partition,key=value,...].'),
     ([f'--config={DEMO}:total_steps=0'], 'Invalid config: total_steps is 0 but must be'),
     ([f'--config={DEMO}:lr=-1'], 'Invalid config: lr is -1.0 but must be a number > 0'),
     ([f'--config={DEMO}:phi=2'], 'Invalid config: phi is 2.0 but must be'),
