@@ -264,11 +264,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   verified checkpoint; `allow_unverified` lets it use a newer one without a digest.
   """
   source = data_lib.load_source(config)
-  created = _directories_training_creates(workdir)
+  created = _missing_directories(workdir)
   try:
     workdir_lock.check_workdir(workdir)
     lock = workdir_lock.acquire(workdir)
     try:
+      # Only under the lock: a refused run must not touch the holder's checkpoints/.
+      created = _missing_directories(os.path.join(workdir, 'checkpoints')) + created
       return _train_and_evaluate(config, workdir, source, allow_unverified)
     finally:
       lock.release()
@@ -277,12 +279,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise
 
 
-def _directories_training_creates(workdir: str) -> list[str]:
-  """`checkpoints/`, the workdir and its parents where they do not exist yet, deepest
-  first (none on object stores, which have no directories)."""
-  if '://' in str(workdir):
+def _missing_directories(path: str) -> list[str]:
+  """`path` and its parents that do not exist yet, deepest first (none on object
+  stores, which have no directories)."""
+  if '://' in str(path):
     return []
-  path, missing = os.path.join(os.path.abspath(workdir), 'checkpoints'), []
+  path, missing = os.path.abspath(path), []
   while not os.path.exists(path):
     missing.append(path)
     path = os.path.dirname(path)
