@@ -1,5 +1,5 @@
 """Orbax checkpoints of the train state you can trust: keep the last K and the best by val
-mIoU, a SHA-256 digest of every committed step, and restore with fallback.
+mIoU, a SHA-256 digest written as part of every save, and restore only what is verified.
 
 A checkpoint holds the state pytree and a small JSON record (step, the data position, the
 metrics that ranked it). The data streams are a pure function of (seed, step), so the step
@@ -9,31 +9,30 @@ Orbax writes each checkpoint into a temporary directory and renames it when comp
 object stores it writes `commit_success.txt` last), so a process killed while saving leaves
 the previous checkpoints intact and the partial one is never restored.
 
-**Digests.** Once orbax has committed a step, process 0 writes `<step>/DIGEST_FILE`: the
-size and SHA-256 of every other file of the step directory. Files rather than restored
-values, because a file digest catches any changed byte in any file (array data, orbax's
+**Digests.** Orbax calls each item handler's `finalize` once the item's files are complete
+and before the step is committed (renamed). The handlers here write `<step>/<item>/
+DIGEST_FILE` there: the size and SHA-256 of every file of the item. So a step this version
+committed always has its digests, and a step without them was written by an older version
+(which wrote `<step>/DIGEST_FILE` after the commit, and may have been killed before it did;
+such a digest is still checked) or had them removed. Files rather than restored values,
+because a file digest catches any changed byte in any file (array data, orbax's
 `_METADATA`, the OCDBT manifests), is checked before orbax parses anything (so a corrupt
-step costs one sentence, not tracebacks from tensorstore), and names the damaged file;
-a digest of the restored leaves would miss damage outside the values and needs a full
-restore first. Cost: the step is read once more after saving and once before restoring
-(SHA-256 runs at roughly 0.5-1 GB/s per core). Orbax saves asynchronously, so the digest of
-a step is written when its save is known to be finished: at the next `save` (orbax waits
-for the previous save there anyway) or in `finalize`, which the training loop calls before
-it exits. A step without a digest (a run killed between commit and digest, or written by an
-older version) is restored unverified, with a log line saying so.
+step costs one sentence, not tracebacks from tensorstore), and names the damaged file.
+Cost: each item is read once more at the end of its (background) save and once before
+restoring (SHA-256 runs at roughly 0.5-1 GB/s per core).
 
-**Restore.** `restore(manager, abstract)` tries the newest step and falls back to the newest
-good one, logging one warning per bad step; `restore(manager, abstract, step)` reads that
-step only. A state of other shapes or structure raises `IncompatibleCheckpointError`.
+**Restore.** `restore(manager, abstract)` uses the newest verified step: a corrupt step, or
+one without a digest (unverified), is skipped with one warning each, and training moves it
+aside (never deletes it). `allow_unverified=True` restores an unverified step anyway.
+`restore(manager, abstract, step)` reads that step only. A state of other shapes or
+structure raises `IncompatibleCheckpointError`.
 """
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
 import os
 import time
-import weakref
 from typing import Any, Optional
 
 from absl import logging
@@ -44,7 +43,9 @@ from orbax.checkpoint import checkpoint_managers
 
 BEST_METRIC = 'val_miou'
 DIGEST_FILE = 'ctt_sha256.json'
+ITEMS = ('state', 'meta')  # the items of a step, each a directory with its own digest
 QUARANTINE_DIR = 'checkpoints_corrupt'  # beside `checkpoints/`, see `restore(quarantine=)`
+UNVERIFIED_FLAG = '--allow_unverified'  # main.py's flag for `allow_unverified`
 _CHUNK = 1 << 20
 
 
@@ -56,27 +57,57 @@ class IncompatibleCheckpointError(CheckpointError):
   """The checkpoint's tree or shapes differ from the state the config builds."""
 
 
-# Steps saved by this process whose digest is not written yet, per manager.
-_PENDING: 'weakref.WeakKeyDictionary[ocp.CheckpointManager, set[int]]' = (
-    weakref.WeakKeyDictionary())
+class _DigestOnFinalize:
+  """Writes the item's digest in `finalize`, which orbax calls (on the primary process)
+  when the item's files are complete and before the step is committed."""
+
+  def finalize(self, directory: epath.Path) -> None:
+    super().finalize(directory)  # OCDBT merges its manifests here: digest after it
+    write_digest(directory)
 
 
-def make_manager(workdir: str, keep: int, *, asynchronous: bool = True
-                 ) -> ocp.CheckpointManager:
-  policy = checkpoint_managers.AnyPreservationPolicy([
-      checkpoint_managers.LatestN(n=max(int(keep), 1)),
-      checkpoint_managers.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
-                                keep_checkpoints_without_metrics=False),
-  ])
-  options = ocp.CheckpointManagerOptions(
-      preservation_policy=policy, enable_async_checkpointing=asynchronous,
-      cleanup_tmp_directories=True, create=True)
+class _StateHandler(_DigestOnFinalize, ocp.StandardCheckpointHandler):
+  pass
+
+
+class _MetaHandler(_DigestOnFinalize, ocp.JsonCheckpointHandler):
+  pass
+
+
+def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+  """The items' handlers, named up front (so `item_metadata` can read a step before
+  restoring it) and registered per argument type (orbax matches subclasses by exact
+  type otherwise)."""
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  for item, handler, save_args, restore_args in (
+      ('state', _StateHandler(), ocp.args.StandardSave, ocp.args.StandardRestore),
+      ('meta', _MetaHandler(), ocp.args.JsonSave, ocp.args.JsonRestore)):
+    registry.add(item, save_args, handler)
+    registry.add(item, restore_args, handler)
+  return registry
+
+
+def make_manager(workdir: str, keep: int, *, asynchronous: bool = True,
+                 read_only: bool = False) -> ocp.CheckpointManager:
+  """The manager of `<workdir>/checkpoints`. `read_only` for readers (evaluation,
+  prediction): it creates, saves and cleans up nothing, so it leaves a running training's
+  save in progress alone and a workdir without a run without a `checkpoints/` folder."""
+  if read_only:
+    # Not orbax's read_only option, which logs a warning for every reader.
+    options = ocp.CheckpointManagerOptions(create=False, cleanup_tmp_directories=False,
+                                           enable_async_checkpointing=False)
+  else:
+    policy = checkpoint_managers.AnyPreservationPolicy([
+        checkpoint_managers.LatestN(n=max(int(keep), 1)),
+        checkpoint_managers.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
+                                  keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy, enable_async_checkpointing=asynchronous,
+        cleanup_tmp_directories=True, create=True)
   directory = workdir if '://' in str(workdir) else os.path.abspath(workdir)
-  # Handlers named up front, so `item_metadata` can read a step before restoring it.
-  return ocp.CheckpointManager(
-      epath.Path(directory) / 'checkpoints', options=options,
-      item_handlers={'state': ocp.StandardCheckpointHandler(),
-                     'meta': ocp.JsonCheckpointHandler()})
+  return ocp.CheckpointManager(epath.Path(directory) / 'checkpoints', options=options,
+                               handler_registry=_handler_registry())
 
 
 # --------------------------------------------------------------------------- saving
@@ -84,67 +115,31 @@ def make_manager(workdir: str, keep: int, *, asynchronous: bool = True
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
          metrics: Optional[dict[str, float]] = None) -> None:
-  """Saves (asynchronously when the manager is) unless `step` is already saved; first
-  writes the digests of the earlier saves, which are finished by then."""
-  _write_pending_digests(manager)
+  """Saves (asynchronously when the manager is) unless `step` is already saved; the
+  digests are written as part of the save."""
   if step in manager.all_steps():
     return
   meta = {'step': int(step), 'data_step': int(step), 'metrics': metrics or {}}
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                              meta=ocp.args.JsonSave(meta)),
                metrics=metrics or None, force=True)
-  _PENDING.setdefault(manager, set()).add(int(step))
 
 
 def finalize(manager: ocp.CheckpointManager) -> None:
-  """Waits for the running save and writes the digests still due. Call it wherever the
-  loop used `manager.wait_until_finished()`: at the end, after the preemption save, before
-  raising on a NaN loss."""
-  _write_pending_digests(manager)
-
-
-def _write_pending_digests(manager: ocp.CheckpointManager) -> None:
-  manager.wait_until_finished()  # every step saved so far is committed (or failed)
-  pending = _PENDING.get(manager, set())
-  for step in sorted(pending):
-    pending.discard(step)
-    step_dir = manager.directory / str(step)
-    if jax.process_index() != 0 or not _is_committed(step_dir):
-      continue  # deleted by the keep policy, or the save failed (orbax raised then)
-    try:
-      write_digest(step_dir)
-    except OSError as e:
-      logging.warning('Could not write the digest of checkpoint step %d in %s (%s); that '
-                      'step will be restored unverified.', step, manager.directory, e)
-
-
-def _is_committed(step_dir: epath.Path) -> bool:
-  if not step_dir.is_dir():
-    return False
-  # Local disks: the directory only gets its final name when complete. Object stores:
-  # orbax writes commit_success.txt last.
-  return '://' not in str(step_dir) or (step_dir / 'commit_success.txt').exists()
-
-
-@atexit.register
-def _digest_at_exit():
-  """Safety net for a loop that forgot `finalize` (orbax's threads are joined by now)."""
-  for manager in list(_PENDING.keys()):
-    try:
-      _write_pending_digests(manager)
-    except Exception:  # pylint: disable=broad-except
-      pass
+  """Waits until the running save is committed, digests included. Call it before the
+  process exits: at the end, after the preemption save, before raising on a NaN loss."""
+  manager.wait_until_finished()
 
 
 # --------------------------------------------------------------------------- digests
 
 
-def _files(step_dir: epath.Path) -> list[str]:
-  """Relative POSIX paths of every file under `step_dir` but the digest, sorted."""
-  out, stack = [], [(step_dir, '')]
+def _files(directory: epath.Path) -> list[str]:
+  """Relative POSIX paths of every file under `directory` but the digest, sorted."""
+  out, stack = [], [(directory, '')]
   while stack:
-    directory, prefix = stack.pop()
-    for child in directory.iterdir():
+    folder, prefix = stack.pop()
+    for child in folder.iterdir():
       rel = prefix + child.name
       if child.is_dir():
         stack.append((child, rel + '/'))
@@ -162,40 +157,56 @@ def _sha256(path: epath.Path) -> tuple[str, int]:
   return h.hexdigest(), size
 
 
-def write_digest(step_dir: epath.PathLike) -> None:
-  """Writes `step_dir/DIGEST_FILE` (size and SHA-256 of every file), atomically on local
-  disks (temporary file, then rename). Only for a committed step."""
-  step_dir = epath.Path(step_dir)
+def write_digest(directory: epath.PathLike) -> None:
+  """Writes `directory/DIGEST_FILE` (size and SHA-256 of every file), atomically on local
+  disks (temporary file, then rename)."""
+  directory = epath.Path(directory)
   files = {}
-  for rel in _files(step_dir):
-    digest, size = _sha256(step_dir / rel)
+  for rel in _files(directory):
+    digest, size = _sha256(directory / rel)
     files[rel] = {'size': size, 'sha256': digest}
   record = {'algorithm': 'sha256', 'written': time.time(), 'files': files}
-  tmp = step_dir / (DIGEST_FILE + '.tmp')
+  tmp = directory / (DIGEST_FILE + '.tmp')
   tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-  tmp.rename(step_dir / DIGEST_FILE)
+  tmp.rename(directory / DIGEST_FILE)
 
 
-def verify_digest(step_dir: epath.PathLike) -> Optional[str]:
-  """None if every file matches the digest; else the problem as a phrase.
-  Raises FileNotFoundError if the step has no digest."""
-  step_dir = epath.Path(step_dir)
-  digest_path = step_dir / DIGEST_FILE
+def verify_digest(directory: epath.PathLike, prefix: str = '') -> Optional[str]:
+  """None if every file matches the digest of `directory`; else the problem as a phrase
+  (files named `prefix` + their relative path). Raises FileNotFoundError without one."""
+  directory = epath.Path(directory)
+  digest_path = directory / DIGEST_FILE
   if not digest_path.exists():
     raise FileNotFoundError(str(digest_path))
   try:
     files = json.loads(digest_path.read_text())['files']
   except (ValueError, KeyError, TypeError) as e:
-    return f'its digest file {DIGEST_FILE} is unreadable ({e})'
+    return f'its digest file {prefix}{DIGEST_FILE} is unreadable ({e})'
   for rel, want in sorted(files.items()):
-    path = step_dir / rel
+    path = directory / rel
     if not path.exists():
-      return f'file {rel} is missing'
+      return f'file {prefix}{rel} is missing'
     got, size = _sha256(path)
     if size != want['size']:
-      return f'file {rel} has {size} bytes instead of {want["size"]}'
+      return f'file {prefix}{rel} has {size} bytes instead of {want["size"]}'
     if got != want['sha256']:
-      return f'file {rel} does not match its SHA-256 digest'
+      return f'file {prefix}{rel} does not match its SHA-256 digest'
+  return None
+
+
+def verify_step(step_dir: epath.PathLike) -> Optional[str]:
+  """None if the step's files match its digests; else the problem as a phrase. Raises
+  FileNotFoundError if the step has no digest at all (unverified)."""
+  step_dir = epath.Path(step_dir)
+  digested = [item for item in ITEMS if (step_dir / item / DIGEST_FILE).exists()]
+  if not digested:
+    return verify_digest(step_dir)  # an older version's digest, or FileNotFoundError
+  for item in ITEMS:  # this version digests every item: a missing one was removed
+    if item not in digested:
+      return f'file {item}/{DIGEST_FILE} is missing'
+    problem = verify_digest(step_dir / item, prefix=f'{item}/')
+    if problem:
+      return problem
   return None
 
 
@@ -241,6 +252,14 @@ class _BadStep(Exception):
   """One step is corrupt or unreadable; the message is the problem as a phrase."""
 
 
+class _UnverifiedStep(_BadStep):
+  """One step has no digest, so its files cannot be checked."""
+
+  def __init__(self):
+    super().__init__('it has no digest, so its files cannot be verified (an older version '
+                     'of ctt-jax stopped before writing it, or it was removed)')
+
+
 def _first_line(e: BaseException) -> str:
   text = str(e).strip().splitlines()
   if not text:
@@ -249,22 +268,29 @@ def _first_line(e: BaseException) -> str:
   return f'{type(e).__name__}: {line[:300]}'
 
 
-def _restore_step(manager: ocp.CheckpointManager, abstract_state: Any, step: int
-                  ) -> tuple[Any, int]:
-  step_dir = manager.directory / str(step)
-  where = f'Checkpoint step {step} in {manager.directory}'
+def _check_files(step_dir: epath.Path, where: str, allow_unverified: bool) -> None:
+  """Raises _BadStep unless the step's files match its digests (or it has none and
+  `allow_unverified`)."""
   if not step_dir.is_dir():
     raise _BadStep('its directory does not exist')
   try:
-    problem = verify_digest(step_dir)
+    problem = verify_step(step_dir)
   except FileNotFoundError:
-    logging.info('%s has no digest (saved by an older version, or the run stopped before '
-                 'writing it); restoring it unverified.', where)
+    if not allow_unverified:
+      raise _UnverifiedStep() from None
+    logging.warning('%s has no digest, so its files cannot be verified; restoring it '
+                    'anyway, as %s asks.', where, UNVERIFIED_FLAG)
+    return
   except OSError as e:
     raise _BadStep(f'its files cannot be read ({_first_line(e)})') from None
-  else:
-    if problem:
-      raise _BadStep(problem)
+  if problem:
+    raise _BadStep(problem)
+
+
+def _restore_step(manager: ocp.CheckpointManager, abstract_state: Any, step: int,
+                  allow_unverified: bool) -> tuple[Any, int]:
+  where = f'Checkpoint step {step} in {manager.directory}'
+  _check_files(manager.directory / str(step), where, allow_unverified)
   try:
     stored = manager.item_metadata(step)['state']
   except Exception as e:  # pylint: disable=broad-except
@@ -294,64 +320,86 @@ def _agree(ok: bool) -> bool:
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: Any,
-            step: Optional[int] = None, *, quarantine: bool = False) -> tuple[Any, int]:
+            step: Optional[int] = None, *, quarantine: bool = False,
+            allow_unverified: bool = False) -> tuple[Any, int]:
   """Restores into the shapes and shardings of `abstract_state` (a pytree of
   jax.ShapeDtypeStruct with `.sharding`); returns (state, data_step).
 
-  step None: the newest good step; each newer bad one is logged as one warning and, with
-  `quarantine=True` (training mode, holding the workdir lock), moved to
-  `<workdir>/QUARANTINE_DIR/<step>` so the run can save that step again. An explicit
-  `step`: that step only. Raises FileNotFoundError when there is no checkpoint at all,
-  CheckpointError when no step (or the requested one) is usable, and
+  step None: the newest verified step; each newer corrupt or unverified one is logged as
+  one warning and, with `quarantine=True` (training mode, holding the workdir lock), moved
+  to `<workdir>/QUARANTINE_DIR/<step>-<time>` so the run can save that step again. An
+  explicit `step`: that step only. `allow_unverified`: a step without a digest is restored
+  (with a warning) instead of skipped. Raises FileNotFoundError when there is no checkpoint
+  at all, CheckpointError when no step (or the requested one) is usable, and
   IncompatibleCheckpointError when the stored tree or shapes differ from `abstract_state`.
   """
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
     raise FileNotFoundError(f'No checkpoint in {manager.directory}.')
   if step is not None:
-    if step not in steps:
-      raise CheckpointError(
-          f'No checkpoint for step {step} in {manager.directory}; available steps: '
-          f'{sorted(steps)}: pass one of them as --checkpoint_step or omit it.')
-    try:
-      result = _restore_step(manager, abstract_state, step)
-    except _BadStep as e:
-      _agree(False)
-      raise CheckpointError(
-          f'Checkpoint step {step} in {manager.directory} is unusable: {e}; pass another '
-          f'step of {sorted(steps)} or omit --checkpoint_step to use the newest good '
-          'one.') from None
-    if not _agree(True):
-      raise CheckpointError(f'Checkpoint step {step} in {manager.directory} is unusable on '
-                            'another process (see its log); pass another step.')
-    return result
-  problems, bad = [], []
+    return _restore_requested(manager, abstract_state, step, steps, allow_unverified)
+  problems, bad, unverified = [], [], False
   for candidate in steps:
     try:
-      result = _restore_step(manager, abstract_state, candidate)
-      ok = True
+      result = _restore_step(manager, abstract_state, candidate, allow_unverified)
+      problem = None
     except _BadStep as e:
-      problem, ok = str(e), False
-    if _agree(ok):
+      problem = e
+    if _agree(problem is None):
       if bad and quarantine:
         _quarantine(manager, bad)
       return result
-    if ok:
-      problem = 'another process could not read it (see its log)'
+    problem = problem or _BadStep('another process could not read it (see its log)')
     following = [s for s in steps if s < candidate]
-    logging.warning('Checkpoint step %d in %s is unusable (%s); %s', candidate,
-                    manager.directory, problem,
-                    f'falling back to step {following[0]}.' if following
-                    else 'no older step is left.')
+    logging.warning('%s', _fallback_sentence(manager, candidate, problem, following))
     problems.append(f'step {candidate} ({problem})')
     bad.append(candidate)
+    unverified = unverified or isinstance(problem, _UnverifiedStep)
+  advice = (f'pass {UNVERIFIED_FLAG} to restore the newest unverified step, or move'
+            if unverified else 'move')
   raise CheckpointError(
-      f'No usable checkpoint in {manager.directory}: {"; ".join(problems)}; move that '
+      f'No usable checkpoint in {manager.directory}: {"; ".join(problems)}; {advice} that '
       'directory aside to start afresh.')
 
 
+def _fallback_sentence(manager, step: int, problem: _BadStep, following: list[int]) -> str:
+  """One sentence: why `step` is skipped and which step is tried next."""
+  where = f'Checkpoint step {step} in {manager.directory}'
+  then = f'falling back to step {following[0]}' if following else 'no older step is left'
+  if isinstance(problem, _UnverifiedStep):
+    return (f'{where} is not used: {problem}; {then} (pass {UNVERIFIED_FLAG} to restore '
+            f'step {step} anyway).')
+  return f'{where} is unusable ({problem}); {then}.'
+
+
+def _restore_requested(manager, abstract_state, step: int, steps: list[int],
+                       allow_unverified: bool) -> tuple[Any, int]:
+  """`restore` of an explicit step (--checkpoint_step): that step or a CheckpointError."""
+  where = f'Checkpoint step {step} in {manager.directory}'
+  if step not in steps:
+    raise CheckpointError(
+        f'No checkpoint for step {step} in {manager.directory}; available steps: '
+        f'{sorted(steps)}: pass one of them as --checkpoint_step or omit it.')
+  try:
+    result = _restore_step(manager, abstract_state, step, allow_unverified)
+  except _BadStep as e:
+    _agree(False)
+    if isinstance(e, _UnverifiedStep):
+      raise CheckpointError(
+          f'{where} is not used: {e}; pass {UNVERIFIED_FLAG} to restore it anyway, or '
+          f'another step of {sorted(steps)} as --checkpoint_step.') from None
+    raise CheckpointError(
+        f'{where} is unusable: {e}; pass another step of {sorted(steps)} or omit '
+        '--checkpoint_step to use the newest good one.') from None
+  if not _agree(True):
+    raise CheckpointError(f'{where} is unusable on another process (see its log); pass '
+                          'another step.')
+  return result
+
+
 def _quarantine(manager: ocp.CheckpointManager, steps: list[int]) -> None:
-  """Moves bad steps out of the manager's directory (process 0), so they are saved anew."""
+  """Moves skipped steps out of the manager's directory (process 0), so they are saved
+  anew; nothing is deleted."""
   if jax.process_index() == 0:
     target_root = manager.directory.parent / QUARANTINE_DIR
     target_root.mkdir(parents=True, exist_ok=True)
@@ -359,10 +407,11 @@ def _quarantine(manager: ocp.CheckpointManager, steps: list[int]) -> None:
       target = target_root / f'{step}-{int(time.time())}'
       try:
         (manager.directory / str(step)).rename(target)
-        logging.warning('Moved the unusable checkpoint step %d to %s.', step, target)
+        logging.warning('Moved the skipped checkpoint step %d to %s, so this run can save '
+                        'that step again.', step, target)
       except OSError as e:
-        logging.warning('Could not move the unusable checkpoint step %d aside (%s); '
-                        'delete %s by hand.', step, e, manager.directory / str(step))
+        logging.warning('Could not move the skipped checkpoint step %d aside (%s); move %s '
+                        'by hand.', step, e, manager.directory / str(step))
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices('ctt_checkpoint_quarantine')

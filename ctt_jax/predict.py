@@ -10,17 +10,22 @@ single-channel uint8 PNG, what cityscapesscripts' evalPixelLevelSemanticLabeling
 point CITYSCAPES_RESULTS at <output_dir>/labelIds. The two kinds live in separate folders
 because that script walks its results folder recursively and stops if two files match
 one image (`<city>_<seq>_<frame>*.png`).
+
+`check_request` checks main.py's --input, --output and --network before anything is built
+or loaded; importing this module loads no jax (inference is imported when predicting).
 """
 from __future__ import annotations
 
+import difflib
 import os
+from typing import Sequence
 
 from absl import logging
 import ml_collections
 import numpy as np
 from PIL import Image
 
-from ctt_jax import inference
+from ctt_jax import workdir_lock
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 # Cityscapes trainId (0..18) -> labelId (cityscapesscripts labels.py).
@@ -39,8 +44,9 @@ def train_ids_to_label_ids(train_ids) -> np.ndarray:
 def find_images(input_dir: str) -> list[str]:
   """Sorted paths, relative to `input_dir`, of its .png/.jpg/.jpeg files (recursively)."""
   if not os.path.isdir(input_dir):
-    raise FileNotFoundError(f'Input folder {input_dir!r} does not exist; pass a folder of '
-                            '.png or .jpg images to predict on.')
+    what = 'is a file, not a folder' if os.path.exists(input_dir) else 'does not exist'
+    raise FileNotFoundError(f'--input={input_dir} {what}; pass a folder of .png or .jpg '
+                            'images to predict on.')
   found = []
   for root, dirs, files in os.walk(input_dir):
     dirs.sort()
@@ -48,8 +54,34 @@ def find_images(input_dir: str) -> list[str]:
       if name.lower().endswith(IMAGE_EXTENSIONS):
         found.append(os.path.relpath(os.path.join(root, name), input_dir))
   if not found:
-    raise FileNotFoundError(f'Input folder {input_dir!r} holds no .png or .jpg images.')
+    raise FileNotFoundError(f'--input={input_dir} holds no .png or .jpg images; pass a '
+                            'folder of images to predict on.')
   return sorted(found)
+
+
+class RequestError(ValueError):
+  """--input, --output or --network cannot work; the message names the flag and the fix."""
+
+
+def check_request(input_dir: str, output_dir: str, network: str,
+                  network_names: Sequence[str]) -> None:
+  """Raises RequestError unless `input_dir` holds images, `output_dir` is (or can be
+  created as) a writable folder and `network` is one of the run's `network_names`.
+  Creates nothing."""
+  if not input_dir or not output_dir:
+    raise RequestError('--mode=predict needs --input=<folder of images> and '
+                       '--output=<folder for the PNGs>.')
+  if network not in network_names:
+    close = difflib.get_close_matches(network, network_names, n=1)
+    raise RequestError(
+        f'--network={network} is not a network of this run; use one of '
+        f'{", ".join(network_names)}' + (f' (did you mean {close[0]}?)' if close else '')
+        + '.')
+  try:
+    find_images(input_dir)
+    workdir_lock.check_output_dir(output_dir, '--output')
+  except (FileNotFoundError, workdir_lock.WorkdirError) as e:
+    raise RequestError(str(e)) from None
 
 
 def read_image(path: str) -> np.ndarray:
@@ -94,6 +126,7 @@ def predict_directory(config: ml_collections.ConfigDict, model, state, input_dir
   written); the last line printed says how many files were written, where, and which
   images were skipped.
   """
+  from ctt_jax import inference  # pylint: disable=g-import-not-at-top  (jax)
   palette = np.asarray(palette, np.uint8)
   if len(palette) > 256:
     raise ValueError(f'A palette PNG holds at most 256 classes, got {len(palette)}.')

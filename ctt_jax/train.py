@@ -40,54 +40,72 @@ class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or inf; the last good checkpoint is left untouched."""
 
 
-class Preempted(RuntimeError):
-  """SIGTERM arrived; a checkpoint was written and the run stopped (exit status 143)."""
+class Interrupted(RuntimeError):
+  """SIGTERM (preemption) or SIGINT (Ctrl-C) arrived; a checkpoint was written and the
+  run stopped. `exit_status` is 128 + the signal's number, as a shell reports a process
+  killed by it: schedulers requeue on 143 (SIGTERM), shells show 130 (SIGINT)."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.exit_status = 128 + int(signum)
 
 
-class _Preemption:
-  """Turns SIGTERM (preemption) into a flag the loop checks between steps."""
+class _StopSignals:
+  """SIGTERM and SIGINT become a flag the loop checks between steps, so a stop always
+  goes through a checkpoint. A repeated signal only logs: raising there could interrupt
+  the final save, which is the one thing the user is waiting for."""
 
   def __init__(self):
-    self.requested = False
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread (e.g. some test runners): no handler
-      self._previous = None
+    self.received: Optional[int] = None  # the first signal's number
+    self._previous = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[signum] = signal.signal(signum, self._handle)
+      except ValueError:  # not the main thread (e.g. some test runners): no handler
+        pass
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning('SIGTERM received: saving a checkpoint and stopping.')
-    self.requested = True
+    del frame
+    name = signal.Signals(signum).name
+    if self.received is None:
+      self.received = signum
+      logging.warning('%s received: saving a checkpoint after this step and stopping.', name)
+    else:
+      logging.warning('%s received again: still stopping; the checkpoint is being written, '
+                      'so wait for it (SIGKILL would lose the steps since the last one).', name)
 
   def restore(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
 
 class Run:
-  """What every mode shares: config, method, model, mesh, checkpoints and state shapes."""
+  """What every mode shares: config, method, model, mesh, checkpoints and state shapes.
+  `read_only` (evaluation, prediction): the checkpoints are only read, never created or
+  cleaned up, so a reader can run beside the training that writes them."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, *,
-               asynchronous_checkpoints: bool):
+               asynchronous_checkpoints: bool, read_only: bool = False):
     self.config, self.workdir = config, workdir
     self.method = methods_lib.from_config(config)
     self.mesh = sharding.make_mesh()
     self.model = models.get_model(config.model, config.num_classes)
     self.image_shape = tuple(config.data.crop_size)
     self.manager = checkpointing.make_manager(workdir, config.keep_checkpoints,
-                                              asynchronous=asynchronous_checkpoints)
+                                              asynchronous=asynchronous_checkpoints,
+                                              read_only=read_only)
     abstract = state_lib.abstract_train_state(config, self.model, self.image_shape)
     self.abstract_state = checkpointing.abstract_with_sharding(
         abstract, sharding.replicated(self.mesh))
 
-  def restore(self, step: Optional[int] = None, *, quarantine: bool = False):
-    """(state, step) of checkpoint `step`, or the newest good one (a corrupt newer step
-    is reported and, with `quarantine` (training), moved aside)."""
+  def restore(self, step: Optional[int] = None, *, quarantine: bool = False,
+              allow_unverified: bool = False):
+    """(state, step) of checkpoint `step`, or the newest verified one (a corrupt or
+    unverified newer step is reported and, with `quarantine` (training), moved aside)."""
     if self.manager.latest_step() is None:
-      raise FileNotFoundError(f'No checkpoint in {self.workdir}/checkpoints; train first '
-                              'or pass the workdir of a finished run.')
+      raise FileNotFoundError(_no_checkpoint_message(self.workdir))
     return checkpointing.restore(self.manager, self.abstract_state, step,
-                                 quarantine=quarantine)
+                                 quarantine=quarantine, allow_unverified=allow_unverified)
 
   def jit_eval_step(self):
     rep, data = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
@@ -129,7 +147,7 @@ def _stage1_teacher(run: Run, state):
   if not stage1:
     raise ValueError(f'method={run.method.name} needs self_training_teacher_workdir=<workdir '
                      'of a finished method=supervised run>.')
-  manager = checkpointing.make_manager(stage1, keep=1, asynchronous=False)
+  manager = checkpointing.make_manager(stage1, keep=1, asynchronous=False, read_only=True)
   if manager.latest_step() is None:
     raise FileNotFoundError(f'self_training_teacher_workdir={stage1!r} has no checkpoint; '
                             'train stage 1 with method=supervised there first.')
@@ -170,8 +188,9 @@ class _TrainLog:
       self.window.append(self.check(*self.pending))
       self.pending = None
 
-  def add(self, step: int, metrics, write: bool):
-    """Metrics of step `step` (0-based); `write` averages and writes the window."""
+  def add(self, step: int, metrics, write: bool, bank_count=None):
+    """Metrics of step `step` (0-based); `write` averages and writes the window.
+    `bank_count`: the state's per-class bank fill [n, C], read only when writing."""
     self.flush_pending()
     self.pending = (step, metrics)
     if not write:
@@ -187,6 +206,7 @@ class _TrainLog:
     scalars['images_per_sec'] = steps_per_sec * self.images_per_step
     self.writer.write_scalars(step + 1, {f'train/{k}': v for k, v in scalars.items()})
     self._progress(step + 1, scalars)
+    self._warn_if_banks_cannot_fill(step + 1, bank_count)
     self.window, self.window_start = [], time.time()
 
   def _pseudo_label_iou(self, confusion) -> dict[str, float]:
@@ -207,31 +227,87 @@ class _TrainLog:
     logging.info('Step %d/%d: loss %.4f, %.2f steps/s, ETA %dm%02ds.', done,
                  self.total_steps, scalars['loss'], scalars['steps_per_sec'],
                  left // 60, left % 60)
-    # Banks that have not filled after a tenth of the run usually never will (a class
-    # that is absent, or never predicted right, among the labeled pixels).
-    if (not self.warned_banks and self.run.config.contrastive_start_step < 0
-        and scalars.get('contrastive_active', 1.0) == 0.0
-        and done >= self.total_steps // 10):
+
+  def _warn_if_banks_cannot_fill(self, done: int, bank_count):
+    method = self.run.method
+    if (self.warned_banks or bank_count is None or not (method.use_hc or method.use_lc)
+        or done < self.total_steps // 10):
+      return
+    warning = banks_cannot_fill(done, np.asarray(jax.device_get(bank_count)),
+                                self.class_names, self.run.config.contrastive_start_step)
+    if warning:
       self.warned_banks = True
-      logging.warning(
-          'HC/LC have not started at step %d: the memory banks are %.0f%% full and start '
-          'the contrastive terms only when every queue is full; a class absent from the '
-          'labeled pixels keeps its queue from filling: set contrastive_start_step to '
-          'start anyway.', done, 100 * scalars.get('bank_fill', 0.0))
+      logging.warning('%s', warning)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def banks_cannot_fill(done: int, bank_count: np.ndarray, class_names: tuple[str, ...],
+                      contrastive_start_step: int) -> Optional[str]:
+  """The warning for memory banks that cannot fill, or None.
+
+  HC/LC start when every class queue is full (contrastive_start_step -1); a queue takes
+  labeled pixels the teacher predicts right. One still empty after a tenth of the run
+  means a class absent from the labeled images or never predicted right there, which
+  can keep the terms off for good; queues that are merely filling are no reason to warn.
+  bank_count: int [n, C].
+  """
+  if contrastive_start_step >= 0:
+    return None
+  empty = [class_names[c] for c in np.flatnonzero((bank_count == 0).any(axis=0))]
+  if not empty:
+    return None
+  names = ', '.join(repr(n) for n in empty)
+  return (f'HC/LC have not started at step {done}: the memory-bank queue of class {names} '
+          'is still empty (no labeled pixel of it was predicted right yet), and the '
+          'contrastive terms start only when every queue is full; check that the labeled '
+          'images contain it, or set contrastive_start_step to start anyway.')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_unverified: bool = False) -> dict[str, Any]:
   """Trains (resuming from `workdir` if it holds checkpoints), evaluates, returns results.
 
   One run writes a workdir at a time: a second one is refused (workdir_lock), and so is a
-  resume whose config changes more than the keys that are safe to change.
+  resume whose config changes more than the keys that are safe to change. The dataset is
+  looked up before anything is built or created, and a run that fails leaves none of the
+  directories it created behind if they are still empty. Resuming uses the newest
+  verified checkpoint; `allow_unverified` lets it use a newer one without a digest.
   """
-  workdir_lock.check_workdir(workdir)
-  lock = workdir_lock.acquire(workdir)
+  source = data_lib.load_source(config)
+  created = _missing_directories(workdir)
   try:
-    return _train_and_evaluate(config, workdir)
-  finally:
-    lock.release()
+    workdir_lock.check_workdir(workdir)
+    lock = workdir_lock.acquire(workdir)
+    try:
+      # Only under the lock: a refused run must not touch the holder's checkpoints/.
+      created = _missing_directories(os.path.join(workdir, 'checkpoints')) + created
+      return _train_and_evaluate(config, workdir, source, allow_unverified)
+    finally:
+      lock.release()
+  except BaseException:
+    _remove_if_empty(created)
+    raise
+
+
+def _missing_directories(path: str) -> list[str]:
+  """`path` and its parents that do not exist yet, deepest first (none on object
+  stores, which have no directories)."""
+  if '://' in str(path):
+    return []
+  path, missing = os.path.abspath(path), []
+  while not os.path.exists(path):
+    missing.append(path)
+    path = os.path.dirname(path)
+  return missing
+
+
+def _remove_if_empty(directories: list[str]) -> None:
+  """Removes each directory that is still empty: a failed start leaves nothing behind,
+  and whatever a run wrote stays (rmdir never deletes a file)."""
+  for directory in directories:
+    try:
+      os.rmdir(directory)
+    except OSError:
+      pass  # not empty, or never created
 
 
 def _check_resume(run: Run):
@@ -250,42 +326,61 @@ def _check_resume(run: Run):
                     config_validation.describe(safe))
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def _initial_state(run: Run, allow_unverified: bool):
+  """(state, step): the newest verified checkpoint's, or a new state at step 0."""
+  if run.manager.latest_step() is None:
+    return run.init_state(), 0
+  state, step = run.restore(quarantine=True, allow_unverified=allow_unverified)
+  logging.info('Resumed from the checkpoint of step %d in %s.', step, run.workdir)
+  return state, step
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source,
+                        allow_unverified: bool) -> dict[str, Any]:
   run = Run(config, workdir, asynchronous_checkpoints=True)
   _check_resume(run)
-  step, total = 0, int(config.total_steps)
-  if run.manager.latest_step() is not None:
-    state, step = run.restore(quarantine=True)
-    logging.info('Resumed from the checkpoint of step %d in %s.', step, workdir)
-    if step >= total:
-      return _report_finished(run, step)
-  else:
-    state = run.init_state()
-  datasets = data_lib.build_datasets(config, start_step=step,
+  state, step = _initial_state(run, allow_unverified)
+  if step >= config.total_steps:
+    return _report_finished(run, step)
+  datasets = data_lib.build_datasets(config, start_step=step, source=source,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count())
   writer = _start_writer(run, datasets, state, step)
-  train_step = sharding.jit_train_step(
-      step_lib.make_train_step(config, run.model, datasets.num_labeled), run.mesh)
   logging.info('Method %s, %d pair(s), %d labeled images, bank k_per_step=%d.',
                run.method.name, run.method.num_pairs, datasets.num_labeled,
                step_lib.bank_k_per_step(config, datasets.num_labeled))
+  results, step = _train_loop(run, datasets, writer, state, step)
+  if step < config.total_steps:
+    logging.warning('Stopped at step %d (stop_at_step); rerun the same command to resume.',
+                    step)
+  if results and jax.process_index() == 0:
+    _print_miou_table(results, datasets.class_names, step)
+  return results
+
+
+def _train_loop(run: Run, datasets, writer, state, step: int):
+  """Steps from `step` to total_steps (or stop_at_step, or a stop signal), evaluating and
+  checkpointing on the way; returns (the last evaluation's results, the last step)."""
+  config, total = run.config, int(run.config.total_steps)
+  train_step = sharding.jit_train_step(
+      step_lib.make_train_step(config, run.model, datasets.num_labeled), run.mesh)
   eval_step, eval_every = run.jit_eval_step(), eval_period(config, datasets.num_labeled)
   log = _TrainLog(run, writer, run.method.input_streams * config.batch_size, total,
                   datasets.class_names)
-  preemption, base_rng, results = _Preemption(), jax.random.key(config.seed + 1), {}
+  stop, base_rng, results = _StopSignals(), jax.random.key(config.seed + 1), {}
   try:
     while step < total:
       batch = {'labeled': next(datasets.labeled), 'unlabeled': next(datasets.unlabeled)}
       batch = sharding.global_batch(batch, run.mesh)
       state, metrics = train_step(state, batch, jax.random.fold_in(base_rng, step))
       step += 1
-      log.add(step - 1, metrics, write=step % config.log_every == 0 or step == total)
+      log.add(step - 1, metrics, write=step % config.log_every == 0 or step == total,
+              bank_count=state.banks.count)
       ranking = None
       if step % eval_every == 0 or step == total:
         results = _evaluate_and_write(run, datasets, eval_step, state, step, writer)
         ranking = {checkpointing.BEST_METRIC: results[results['best']]['miou']}
-      stop_here = preemption.requested or step == config.stop_at_step
+      stop_here = stop.received is not None or step == config.stop_at_step
       if step % config.checkpoint_every == 0 or step == total or stop_here or ranking:
         log.flush_pending()  # never checkpoint a step whose loss was not checked
         checkpointing.save(run.manager, step, state, ranking)
@@ -294,18 +389,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         break
     log.flush_pending()
   finally:
-    checkpointing.finalize(run.manager)
-    preemption.restore()
+    checkpointing.finalize(run.manager)  # a second Ctrl-C meanwhile only logs
     writer.flush()
-  if preemption.requested:
-    raise Preempted(f'SIGTERM: stopped at step {step} with a checkpoint in {workdir}; rerun '
-                    'the same command to resume.')
-  if step < total:
-    logging.warning('Stopped at step %d (stop_at_step); rerun the same command to resume.',
-                    step)
-  if results and jax.process_index() == 0:
-    _print_miou_table(results, datasets.class_names, step)
-  return results
+    stop.restore()
+  if stop.received is not None:
+    name = signal.Signals(stop.received).name
+    raise Interrupted(f'{name}: stopped at step {step} with a checkpoint in {run.workdir}; '
+                      'rerun the same command to resume.', stop.received)
+  return results, step
 
 
 def eval_period(config: ml_collections.ConfigDict, num_labeled: int) -> int:
@@ -384,14 +475,29 @@ def _image_summaries(run: Run, datasets, state, count: int) -> Optional[np.ndarr
   return visualize.summary_grid(images, labels, predictions, datasets.palette)
 
 
-def evaluate_checkpoint(config, workdir, step: Optional[int] = None) -> dict[str, Any]:
-  """--mode=eval: scores every student and teacher of a checkpoint; prints the table,
-  then writes the JSON."""
+def _no_checkpoint_message(workdir: str) -> str:
+  return (f'No checkpoint in {workdir}/checkpoints; train first or pass the workdir of a '
+          'training run as --workdir.')
+
+
+def _check_readable_run(workdir: str) -> None:
+  """Evaluation and prediction: a workdir with checkpoints, checked before anything is
+  built or loaded."""
   workdir_lock.check_workdir(workdir, for_writing=False)
-  run = Run(config, workdir, asynchronous_checkpoints=False)
-  state, step = run.restore(step)
+  manager = checkpointing.make_manager(workdir, keep=1, asynchronous=False, read_only=True)
+  if manager.latest_step() is None:
+    raise FileNotFoundError(_no_checkpoint_message(workdir))
+
+
+def evaluate_checkpoint(config, workdir, step: Optional[int] = None, *,
+                        allow_unverified: bool = False) -> dict[str, Any]:
+  """--mode=eval: scores every student and teacher of a checkpoint (the newest verified
+  one unless `step`); prints the table, then writes the JSON."""
+  _check_readable_run(workdir)
   data = data_lib.build_datasets(config, training=False, process_index=jax.process_index(),
                                  process_count=jax.process_count())
+  run = Run(config, workdir, asynchronous_checkpoints=False, read_only=True)
+  state, step = run.restore(step, allow_unverified=allow_unverified)
   batches = (sharding.global_batch(b, run.mesh) for b in data.eval_batches())
   results = metrics_lib.evaluate(run.jit_eval_step(), state, batches,
                                  run.method.network_names(), config.num_classes)
@@ -407,14 +513,18 @@ def evaluate_checkpoint(config, workdir, step: Optional[int] = None) -> dict[str
 
 
 def predict(config, workdir, input_dir: str, output_dir: str, network: str = '',
-            step: Optional[int] = None) -> list[str]:
-  """--mode=predict: writes coloured (and Cityscapes labelId) PNGs for a folder of images."""
-  workdir_lock.check_workdir(workdir, for_writing=False)
-  run = Run(config, workdir, asynchronous_checkpoints=False)
-  state, _ = run.restore(step)
+            step: Optional[int] = None, *, allow_unverified: bool = False) -> list[str]:
+  """--mode=predict: writes coloured (and Cityscapes labelId) PNGs for a folder of images.
+  The flags are checked before anything is built or loaded."""
+  method = methods_lib.from_config(config)
+  network = network or method.default_network
+  predict_lib.check_request(input_dir, output_dir, network, method.network_names())
+  _check_readable_run(workdir)
+  run = Run(config, workdir, asynchronous_checkpoints=False, read_only=True)
+  state, _ = run.restore(step, allow_unverified=allow_unverified)
   _, palette = data_lib.class_info(config.data.name)
   return predict_lib.predict_directory(config, run.model, state, input_dir, output_dir,
-                                       palette, network=network or run.method.default_network)
+                                       palette, network=network)
 
 
 def _print_miou_table(results, class_names, step):

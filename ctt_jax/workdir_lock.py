@@ -53,9 +53,19 @@ def _is_remote(path: str) -> bool:
   return '://' in str(path)
 
 
+def _on_read_only_file_system(directory: str) -> bool:
+  try:
+    return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+  except (OSError, AttributeError):  # no statvfs on this platform
+    return False
+
+
 def _probe_writable(directory: str) -> Optional[str]:
-  """None if a file can be created in `directory` (root ignores permission bits, so an
-  actual write is the only sure test), else the OS's reason."""
+  """None if a file can be created in `directory`, else the reason. A read-only mount is
+  named as such (os.access reports it as missing permission); root ignores permission
+  bits, so an actual write is the only sure test."""
+  if _on_read_only_file_system(directory):
+    return 'read-only file system'
   if not os.access(directory, os.W_OK | os.X_OK):
     return 'no write permission'
   probe = os.path.join(directory, f'.ctt_write_probe-{os.getpid()}-{uuid.uuid4().hex[:8]}')
@@ -65,6 +75,21 @@ def _probe_writable(directory: str) -> Optional[str]:
   except OSError as e:
     return e.strerror or str(e)
   return None
+
+
+def _check_creatable(path: str, flag: str) -> None:
+  """Raises WorkdirError unless the missing directory `path` (the value of `flag`) can be
+  created: its nearest existing ancestor is a directory we can write to."""
+  ancestor = os.path.dirname(path)
+  while not os.path.exists(ancestor):
+    ancestor = os.path.dirname(ancestor)
+  if not os.path.isdir(ancestor):
+    raise WorkdirError(f'Cannot create {flag}: {ancestor} is a file, not a directory; '
+                       'choose another path.')
+  problem = _probe_writable(ancestor)
+  if problem:
+    raise WorkdirError(f'Cannot create {flag}: {ancestor} is not writable ({problem}); '
+                       'choose a location you can write to or fix its permissions.')
 
 
 def check_workdir(workdir: str, *, for_writing: bool = True) -> None:
@@ -85,17 +110,7 @@ def check_workdir(workdir: str, *, for_writing: bool = True) -> None:
     if not for_writing:
       raise WorkdirError(f'--workdir={workdir} does not exist; pass the workdir of a '
                          'training run.')
-    ancestor = os.path.dirname(path)
-    while not os.path.exists(ancestor):
-      ancestor = os.path.dirname(ancestor)
-    if not os.path.isdir(ancestor):
-      raise WorkdirError(f'Cannot create --workdir={workdir}: {ancestor} is a file, not a '
-                         'directory; choose another path.')
-    problem = _probe_writable(ancestor)
-    if problem:
-      raise WorkdirError(f'Cannot create --workdir={workdir}: {ancestor} is not writable '
-                         f'({problem}); choose a location you can write to or fix its '
-                         'permissions.')
+    _check_creatable(path, f'--workdir={workdir}')
     try:
       os.makedirs(path, exist_ok=True)
     except OSError as e:
@@ -107,6 +122,22 @@ def check_workdir(workdir: str, *, for_writing: bool = True) -> None:
     if problem:
       raise WorkdirError(f'--workdir={workdir} is not writable ({problem}); make it '
                          'writable or pass another directory (evaluation only reads it).')
+
+
+def check_output_dir(directory: str, flag: str) -> None:
+  """Raises WorkdirError naming `flag` unless `directory` is a writable folder or can be
+  created as one; creates nothing (local paths only)."""
+  path = os.path.abspath(directory)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise WorkdirError(f'{flag}={directory} is a file, not a folder; pass a folder path or '
+                       'move the file away.')
+  if not os.path.isdir(path):
+    _check_creatable(path, f'{flag}={directory}')
+    return
+  problem = _probe_writable(path)
+  if problem:
+    raise WorkdirError(f'{flag}={directory} is not writable ({problem}); pass a folder you '
+                       'can write to.')
 
 
 # --------------------------------------------------------------------------- the lock

@@ -1,5 +1,6 @@
-"""Checkpoints you can trust: digests after commit, fallback from a corrupt newest step,
-explicit steps read alone, incompatible shapes named, orbax's logs quiet.
+"""Checkpoints you can trust: digests written before a step is committed, fallback from a
+corrupt or unverified newest step, explicit steps read alone, incompatible shapes named,
+orbax's logs quiet.
 
 A tiny struct-dataclass state (like TrainState: dicts, a tuple, a scalar step) saved at
 steps 1, 2, 3 by an asynchronous manager; each test corrupts a copy of that workdir.
@@ -94,20 +95,36 @@ def _warnings(caplog):
   return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 
 
-def test_every_committed_step_has_a_digest_written_after_the_save(tmp_path):
+def test_every_item_is_digested_before_the_step_is_committed(tmp_path, monkeypatch):
   manager = checkpointing.make_manager(str(tmp_path), keep=5)
+  committed_when_digested = []
+  real_write = checkpointing.write_digest
+  def record(directory):
+    committed_when_digested.append(os.path.isdir(_step_dir(tmp_path, 1)))
+    real_write(directory)
+  monkeypatch.setattr(checkpointing, 'write_digest', record)
   checkpointing.save(manager, 1, _state(1.0))
-  # Asynchronous: step 1's digest waits for the next save or finalize, never before.
-  assert not os.path.exists(os.path.join(_step_dir(tmp_path, 1), checkpointing.DIGEST_FILE))
-  checkpointing.save(manager, 2, _state(2.0))
-  assert os.path.exists(os.path.join(_step_dir(tmp_path, 1), checkpointing.DIGEST_FILE))
   checkpointing.finalize(manager)
-  for step in (1, 2):
-    assert checkpointing.verify_digest(_step_dir(tmp_path, step)) is None
-  with open(os.path.join(_step_dir(tmp_path, 2), checkpointing.DIGEST_FILE)) as f:
+  assert committed_when_digested == [False, False]  # one per item, both before the rename
+  assert checkpointing.verify_step(_step_dir(tmp_path, 1)) is None
+  for item in checkpointing.ITEMS:
+    assert os.path.exists(os.path.join(_step_dir(tmp_path, 1), item,
+                                       checkpointing.DIGEST_FILE))
+  with open(os.path.join(_step_dir(tmp_path, 1), 'state', checkpointing.DIGEST_FILE)) as f:
     files = json.load(f)['files']
-  assert 'state/_METADATA' in files and 'state/manifest.ocdbt' in files
+  assert '_METADATA' in files and 'manifest.ocdbt' in files
   manager.close()
+
+
+def test_a_step_whose_digest_fails_is_never_committed(tmp_path, monkeypatch):
+  manager = checkpointing.make_manager(str(tmp_path), keep=5, asynchronous=False)
+  def disk_full(directory):
+    raise OSError(28, 'No space left on device')
+  monkeypatch.setattr(checkpointing, 'write_digest', disk_full)
+  with pytest.raises(OSError, match='No space left'):
+    checkpointing.save(manager, 1, _state(1.0))
+  manager.reload()
+  assert manager.all_steps() == [] and not os.path.exists(_step_dir(tmp_path, 1))
 
 
 def test_intact_workdir_restores_the_newest_step_exactly(workdir, caplog):
@@ -137,13 +154,13 @@ def test_corrupt_newest_step_falls_back_with_one_warning(workdir, caplog, corrup
 
 
 def test_digest_mismatch_is_detected(workdir, caplog):
-  digest_path = os.path.join(_step_dir(workdir, 3), checkpointing.DIGEST_FILE)
+  digest_path = os.path.join(_step_dir(workdir, 3), 'state', checkpointing.DIGEST_FILE)
   with open(digest_path) as f:
     record = json.load(f)
-  record['files']['state/_METADATA']['sha256'] = '0' * 64
+  record['files']['_METADATA']['sha256'] = '0' * 64
   with open(digest_path, 'w') as f:
     json.dump(record, f)
-  assert 'does not match' in checkpointing.verify_digest(_step_dir(workdir, 3))
+  assert 'does not match' in checkpointing.verify_step(_step_dir(workdir, 3))
   manager = checkpointing.make_manager(workdir, keep=5)
   with pytest.raises(checkpointing.CheckpointError, match=r'step 3 .* unusable: file '
                      r'state/_METADATA does not match its SHA-256 digest'):
@@ -190,16 +207,59 @@ def test_no_usable_step_lists_each_problem(workdir):
   assert all(f'step {s} (' in str(info.value) for s in (1, 2, 3))
 
 
-def test_step_without_digest_restores_unverified(workdir, caplog):
-  os.remove(os.path.join(_step_dir(workdir, 3), checkpointing.DIGEST_FILE))
-  caplog.set_level(logging.INFO)
+def _remove_digests(workdir, step):
+  for item in checkpointing.ITEMS:
+    os.remove(os.path.join(_step_dir(workdir, step), item, checkpointing.DIGEST_FILE))
+
+
+def test_newest_step_without_digest_is_skipped_in_one_sentence(workdir, caplog):
+  _remove_digests(workdir, 3)
+  _flip_64_bytes(workdir)  # what an undigested step may hide
   manager = checkpointing.make_manager(workdir, keep=5)
-  assert checkpointing.restore(manager, _abstract())[1] == 3
-  assert any('no digest' in r.getMessage() for r in caplog.records)
+  state, step = checkpointing.restore(manager, _abstract())
+  assert step == 2
+  np.testing.assert_array_equal(state.banks[0], np.full((2, 64), 2.0))
+  warnings = _warnings(caplog)
+  assert len(warnings) == 1 and '\n' not in warnings[0], warnings
+  assert 'step 3' in warnings[0] and 'no digest' in warnings[0]
+  assert 'falling back to step 2' in warnings[0] and '--allow_unverified' in warnings[0]
 
 
-def test_quarantine_moves_the_bad_step_so_it_can_be_saved_again(workdir):
+def test_allow_unverified_restores_a_step_without_digest(workdir, caplog):
+  _remove_digests(workdir, 3)
+  manager = checkpointing.make_manager(workdir, keep=5)
+  state, step = checkpointing.restore(manager, _abstract(), allow_unverified=True)
+  assert step == 3 and float(state.banks[0][0, 0]) == 3.0
+  assert any('restoring it anyway' in w for w in _warnings(caplog))
+  with pytest.raises(checkpointing.CheckpointError,
+                     match='step 3 .* no digest.*pass --allow_unverified'):
+    checkpointing.restore(manager, _abstract(), step=3)
+  assert checkpointing.restore(manager, _abstract(), step=3, allow_unverified=True)[1] == 3
+
+
+def test_only_unverified_steps_is_one_sentence_naming_the_flag(workdir):
+  for step in (1, 2, 3):
+    _remove_digests(workdir, step)
+  manager = checkpointing.make_manager(workdir, keep=5)
+  with pytest.raises(checkpointing.CheckpointError,
+                     match='No usable checkpoint .*pass --allow_unverified') as info:
+    checkpointing.restore(manager, _abstract())
+  assert '\n' not in str(info.value)
+
+
+def test_digest_of_an_older_version_is_still_checked(workdir, caplog):
+  _remove_digests(workdir, 3)
+  checkpointing.write_digest(_step_dir(workdir, 3))  # <step>/DIGEST_FILE, as before
+  manager = checkpointing.make_manager(workdir, keep=5)
+  assert checkpointing.restore(manager, _abstract())[1] == 3 and not _warnings(caplog)
   _flip_64_bytes(workdir)
+  assert checkpointing.restore(manager, _abstract())[1] == 2
+  assert 'does not match its SHA-256 digest' in _warnings(caplog)[0]
+
+
+@pytest.mark.parametrize('spoil', [_flip_64_bytes, lambda w: _remove_digests(w, 3)])
+def test_quarantine_moves_the_bad_step_so_it_can_be_saved_again(workdir, spoil):
+  spoil(workdir)
   manager = checkpointing.make_manager(workdir, keep=5, asynchronous=False)
   assert checkpointing.restore(manager, _abstract(), quarantine=True)[1] == 2
   assert manager.all_steps() == [1, 2]
@@ -208,6 +268,18 @@ def test_quarantine_moves_the_bad_step_so_it_can_be_saved_again(workdir):
   checkpointing.finalize(manager)
   state, step = checkpointing.restore(manager, _abstract())
   assert step == 3 and float(state.banks[0][0, 0]) == 30.0
+
+
+def test_a_reader_creates_and_cleans_up_nothing(workdir, tmp_path):
+  in_flight = os.path.join(workdir, 'checkpoints', '4.orbax-checkpoint-tmp')
+  os.makedirs(in_flight)  # a save of the training that runs beside the reader
+  reader = checkpointing.make_manager(workdir, keep=1, read_only=True)
+  assert checkpointing.restore(reader, _abstract())[1] == 3
+  assert os.path.isdir(in_flight)
+  empty = tmp_path / 'no_run'
+  empty.mkdir()
+  assert checkpointing.make_manager(str(empty), keep=1, read_only=True).latest_step() is None
+  assert not os.listdir(empty)
 
 
 def test_changed_shape_raises_incompatible_naming_leaf_and_shapes(workdir, caplog):
@@ -277,12 +349,12 @@ from ctt_jax import checkpointing
 manager = checkpointing.make_manager({workdir!r}, keep=5)
 for step in (1, 2, 3, 4):
   state = {{'w': jnp.full((2_000_000,), float(step)), 'step': jnp.int32(step)}}
-  checkpointing.save(manager, step, state)  # writes the digests of the finished saves
+  checkpointing.save(manager, step, state)  # waits for the previous save to commit
 os.kill(os.getpid(), signal.SIGKILL)  # step 4 is still being written in the background
 '''
 
 
-def test_sigkill_while_saving_leaves_no_digest_for_an_unfinished_step(tmp_path):
+def test_sigkill_while_saving_leaves_only_verified_steps(tmp_path, caplog):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -291,11 +363,11 @@ def test_sigkill_while_saving_leaves_no_digest_for_an_unfinished_step(tmp_path):
                          KILLED_WHILE_SAVING.format(root=root, workdir=workdir)],
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == -9, proc.stderr[-2000:]
-  for step in (1, 2, 3):
-    assert checkpointing.verify_digest(_step_dir(workdir, step)) is None
-  assert not os.path.exists(os.path.join(_step_dir(workdir, 4), checkpointing.DIGEST_FILE))
   manager = checkpointing.make_manager(workdir, keep=5)
+  assert manager.all_steps()[:3] == [1, 2, 3]
+  for step in manager.all_steps():  # 4 too, if orbax committed it before the kill
+    assert checkpointing.verify_step(_step_dir(workdir, step)) is None
   abstract = jax.eval_shape(lambda: {'w': jnp.zeros((2_000_000,)), 'step': jnp.int32(0)})
   state, step = checkpointing.restore(manager, abstract)
-  assert step in (3, 4)  # 4 only if orbax committed it before the kill (then unverified)
+  assert step == manager.all_steps()[-1] and not _warnings(caplog)
   assert float(state['w'][-1]) == step

@@ -127,3 +127,26 @@ def test_predict_directory_errors(tiny_state, tmp_path):
   with pytest.raises(ValueError, match='Unknown network'):
     inference.predict_batch(config, model, state, np.zeros((1, *IMAGE, 3), np.uint8),
                              network='teacher_7')
+
+
+def test_check_request_names_the_flag_and_creates_nothing(tmp_path):
+  names = ['student_0', 'student_1', 'teacher_0', 'teacher_1']
+  folder, empty = tmp_path / 'in', tmp_path / 'empty'
+  folder.mkdir()
+  empty.mkdir()
+  Image.fromarray(np.zeros((*IMAGE, 3), np.uint8)).save(folder / 'a.png')
+  (tmp_path / 'file').write_text('x')
+  predict.check_request(str(folder), str(tmp_path / 'out'), 'teacher_0', names)
+  assert not (tmp_path / 'out').exists()
+  for args, expected in [
+      ((folder, tmp_path / 'out', 'student_7'), r'--network=student_7 is not a network of '
+       r'this run; use one of student_0, student_1, teacher_0, teacher_1 \(did you mean '
+       r'student_1\?\)'),
+      ((tmp_path / 'missing', tmp_path / 'out', 'teacher_0'), '--input=.* does not exist'),
+      ((empty, tmp_path / 'out', 'teacher_0'), '--input=.* holds no .png'),
+      ((folder, tmp_path / 'file', 'teacher_0'), '--output=.* is a file, not a folder'),
+      (('', tmp_path / 'out', 'teacher_0'), '--mode=predict needs --input'),
+  ]:
+    with pytest.raises(predict.RequestError, match=expected) as info:
+      predict.check_request(str(args[0]) if args[0] else '', str(args[1]), args[2], names)
+    assert '\n' not in str(info.value)

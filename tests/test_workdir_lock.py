@@ -1,5 +1,6 @@
 """One writer per workdir: two processes, a stale lock, a reused pid, a foreign host; and
-workdir problems (a file, a read-only directory, an unwritable parent) as one sentence.
+workdir and output-folder problems (a file, a read-only directory or mount, an unwritable
+parent) as one sentence.
 
 Tests run as root, which ignores permission bits, so "read-only" is made real with the
 immutable attribute (`chattr +i`, which stops root too; skipped where unsupported) and, for
@@ -113,10 +114,22 @@ def _write_lock(workdir, **fields):
     json.dump(record, f)
 
 
-def test_a_reused_pid_makes_the_lock_stale(tmp_path):
-  # Our own pid is alive, but it started at another time: the holder is gone.
-  _write_lock(str(tmp_path), pid_start_ticks=1)
-  workdir_lock.WorkdirLock(str(tmp_path)).acquire().release()
+def test_a_reused_pid_makes_the_lock_stale(tmp_path, caplog):
+  ticks = workdir_lock._proc_start_ticks(os.getpid())
+  if ticks is None:
+    pytest.skip('no /proc start times here: a reused pid cannot be told apart')
+  # The record names our own pid, which is alive, but with another start time: the
+  # process that wrote it is gone and the pid was reused.
+  _write_lock(str(tmp_path), pid_start_ticks=ticks - 1, command='the old run')
+  lock = workdir_lock.WorkdirLock(str(tmp_path)).acquire()
+  with open(_lock_path(str(tmp_path))) as f:
+    record = json.load(f)
+  assert record['token'] == lock.record['token'] and record['token'] != 'abc'
+  assert record['pid_start_ticks'] == ticks
+  stale = [r.getMessage() for r in caplog.records if 'stale lock' in r.getMessage()]
+  assert len(stale) == 1 and 'the old run' in stale[0], stale
+  lock.release()
+  assert not os.path.exists(_lock_path(str(tmp_path)))
 
 
 def test_a_lock_from_another_host_is_never_taken_over(tmp_path):
@@ -210,3 +223,45 @@ def test_read_only_workdir_for_real(tmp_path):
     assert '\n' not in str(info.value)
   finally:
     subprocess.run(['chattr', '-i', str(workdir)], check=True)
+
+
+def test_read_only_file_system_is_named_as_such(tmp_path, monkeypatch):
+  class ReadOnly:
+    f_flag = os.ST_RDONLY
+  monkeypatch.setattr(workdir_lock.os, 'statvfs', lambda path: ReadOnly())
+  with pytest.raises(workdir_lock.WorkdirError,
+                     match=r'is not writable \(read-only file system\)'):
+    workdir_lock.check_workdir(str(tmp_path))
+
+
+def test_read_only_mount_for_real(tmp_path):
+  """A read-only tmpfs: os.access says "no permission" there, the sentence must not."""
+  mount = tmp_path / 'ro'
+  mount.mkdir()
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'ro,size=64k', 'tmpfs', str(mount)],
+                    capture_output=True).returncode:
+    pytest.skip('cannot mount a file system here')
+  try:
+    with pytest.raises(workdir_lock.WorkdirError,
+                       match=r'is not writable \(read-only file system\)'):
+      workdir_lock.check_workdir(str(mount))
+    with pytest.raises(workdir_lock.WorkdirError,
+                       match=r'Cannot create --output=.*is not writable \(read-only file'):
+      workdir_lock.check_output_dir(str(mount / 'pngs'), '--output')
+  finally:
+    subprocess.run(['umount', str(mount)], check=True)
+
+
+def test_output_folder_problems_name_the_flag_and_create_nothing(tmp_path, monkeypatch):
+  (tmp_path / 'file').write_text('x')
+  with pytest.raises(workdir_lock.WorkdirError,
+                     match=r'--output=.*file is a file, not a folder'):
+    workdir_lock.check_output_dir(str(tmp_path / 'file'), '--output')
+  workdir_lock.check_output_dir(str(tmp_path / 'new' / 'pngs'), '--output')
+  assert not os.path.exists(tmp_path / 'new')  # checked, not created
+  real_access = os.access
+  monkeypatch.setattr(workdir_lock.os, 'access',
+                      lambda p, mode: False if mode & os.W_OK else real_access(p, mode))
+  with pytest.raises(workdir_lock.WorkdirError,
+                     match=r'--output=.* is not writable \(no write permission\)'):
+    workdir_lock.check_output_dir(str(tmp_path), '--output')

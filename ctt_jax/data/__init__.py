@@ -12,7 +12,7 @@ configs (configs/common.py DATASETS).
 """
 from ctt_jax.data.errors import DataError
 from ctt_jax.data.pipeline import (DATASET_NAMES, Datasets, build_datasets, class_info,
-                                   write_labeled_ids)
+                                   load_source, write_labeled_ids)
 
 __all__ = ['DATASET_NAMES', 'DataError', 'Datasets', 'build_datasets', 'class_info',
-           'write_labeled_ids']
+           'load_source', 'write_labeled_ids']

@@ -114,12 +114,15 @@ def eval_geometry(data_config, source: Source):
 
 def build_datasets(config, *, start_step: int = 0, training: bool = True,
                    process_index: int | None = None,
-                   process_count: int | None = None) -> Datasets:
+                   process_count: int | None = None,
+                   source: Source | None = None) -> Datasets:
   """The streams of one run; step `start_step` onward (resume needs no iterator state).
 
   Process `process_index` of `process_count` (default: jax's) gets its slice of every
   global batch; the P slices concatenated are the single-process batch. With
-  `training=False` (evaluation) the training streams are None and never built.
+  `training=False` (evaluation) the training streams are None and never built. `source`:
+  the `load_source(config)` already read (training looks the data up before it builds
+  anything, so a missing dataset fails first).
   """
   _hide_gpus_from_tf()
   if process_index is None or process_count is None:
@@ -129,7 +132,7 @@ def build_datasets(config, *, start_step: int = 0, training: bool = True,
     raise DataError(f'config.ignore_label={config.ignore_label} but the pipelines mark '
                     f'ignored pixels with {augment.IGNORE}; set ignore_label=255.')
   data = config.data
-  source = load_source(config)
+  source = source or load_source(config)
   if config.num_classes != source.num_classes:
     raise DataError(f'config.num_classes={config.num_classes} but {data.name} has '
                     f'{source.num_classes} classes; set num_classes={source.num_classes}.')
