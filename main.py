@@ -81,6 +81,12 @@ def parse_flags(argv):
     config.keys()  # config_flags reports a file that failed to load at its first use
   except (flags.Error, KeyError, ValueError, TypeError, AttributeError, OSError) as e:
     _fail(_flag_error(e, argv), status=2)
+  recipe = [o for o in _values_of(argv, 'config.', prefix=True) if o.split('=')[0] == 'recipe']
+  if recipe:
+    # A recipe is a set of rows applied before the other overrides: a flag set after the
+    # config is built would rename it and change none of them.
+    _fail(f'--config.{recipe[-1]} would rename the recipe but set none of its keys; choose '
+          f'it in the config argument instead, e.g. --config=FILE:{recipe[-1]}.', status=2)
   try:
     # The rules that need no device count run now, before TensorFlow and jax load;
     # main() checks the batch against the devices.

@@ -364,7 +364,8 @@ def _train_loop(run: Run, datasets, writer, state, step: int):
   config, total = run.config, int(run.config.total_steps)
   train_step = sharding.jit_train_step(
       step_lib.make_train_step(config, run.model, datasets.num_labeled), run.mesh)
-  eval_step, eval_every = run.jit_eval_step(), eval_period(config, datasets.num_labeled)
+  eval_step = run.jit_eval_step()
+  eval_every = eval_period(config, datasets.num_labeled)
   log = _TrainLog(run, writer, run.method.input_streams * config.batch_size, total,
                   datasets.class_names)
   stop, base_rng, results = _StopSignals(), jax.random.key(config.seed + 1), {}

@@ -344,6 +344,10 @@ PREDICT = ['--mode=predict', '--input={tmp}/in']
     ([f'--config={DEMO}:num_pairs=0'], 'Invalid config: num_pairs is 0 but must be'),
     ([f'--config={DEMO}:method=ctt_typo'], "method is 'ctt_typo' but must be one of 'supervised', "),
     ([f'--config={DEMO}:eval_every=0'], 'eval_every is 0 but must be'),
+    ([f'--config={DEMO}', '--config.recipe=authors'], '--config.recipe=authors would rename '
+     'the recipe but set none of its keys; choose it in the config argument instead, e.g. '
+     '--config=FILE:recipe=authors.'),
+    ([f'--config={DEMO}:recipe=autors'], "Unknown recipe 'autors'; valid: paper, authors."),
 ])
 def test_command_line_mistakes_are_one_sentence_before_anything_is_loaded(tmp_path, args,
                                                                           expected):
