@@ -109,6 +109,7 @@ def main(argv):
   from ctt_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from ctt_jax import config_validation  # pylint: disable=g-import-not-at-top
   from ctt_jax import data  # pylint: disable=g-import-not-at-top
+  from ctt_jax import layout  # pylint: disable=g-import-not-at-top
   from ctt_jax import train  # pylint: disable=g-import-not-at-top
   from ctt_jax import workdir_lock  # pylint: disable=g-import-not-at-top
   try:
@@ -119,12 +120,14 @@ def main(argv):
                                process_count=1 if compiling else jax.process_count())
     for warning in config_validation.warnings(FLAGS.config):
       logging.warning('%s', warning)
+    if not compiling:  # the mesh chosen for this slice (compile prints the topology's)
+      print(layout.summary(FLAGS.config, jax.device_count()) + '.', flush=True)
     _run_mode(train, FLAGS.config)
   except train.Preempted as e:
     # 128 + SIGTERM: schedulers read "killed by SIGTERM" and requeue the job.
     print(str(e), file=sys.stderr)
     sys.exit(143)
-  except config_validation.ConfigError as e:
+  except (config_validation.ConfigError, layout.LayoutError) as e:
     _fail(str(e), status=2)
   except (data.DataError, train.NonFiniteLossError, FileNotFoundError,
           checkpointing.CheckpointError, workdir_lock.WorkdirError) as e:

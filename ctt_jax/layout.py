@@ -104,6 +104,14 @@ def plan_for_config(config, num_devices: int) -> Layout:
               int(config.mesh.data), int(config.mesh.space))
 
 
+def summary(config, num_devices: int) -> str:
+  """The mesh a run of `config` uses on `num_devices` and each chip's share, one line."""
+  from ctt_jax import methods  # pylint: disable=g-import-not-at-top  (plain Python)
+  chosen = plan_for_config(config, num_devices)
+  return chosen.describe(int(config.batch_size), int(config.data.crop_size[0]),
+                         methods.from_config(config).input_streams)
+
+
 def eval_row_shards(layout: Layout, eval_batch: int) -> int:
   """How many devices split each eval image's rows: `space` when the eval batch splits
   over `data`, else every device (a batch of one 512x1024 image is spread over all)."""
