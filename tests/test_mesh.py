@@ -135,7 +135,7 @@ def _params(workdir):
   return step, [np.asarray(x) for x in jax.tree.leaves(state['params'])]
 
 
-def test_main_trains_the_paper_config_on_8_devices_and_resumes_on_8_and_4(tmp_path):
+def test_main_trains_the_paper_config_on_8_devices_and_resumes_as_1x8_and_on_4(tmp_path):
   tree = testing.write_cityscapes_tree(str(tmp_path / 'cs'), FIXTURE, extra_train=2)
   testing.write_list(os.path.join(tree['splits_dir'], 'cityscapes', '1_30.txt'),
                      [tree['id']])
@@ -146,8 +146,11 @@ def test_main_trains_the_paper_config_on_8_devices_and_resumes_on_8_and_4(tmp_pa
   assert _params(first)[0] == 2
   second = str(tmp_path / 'four')
   shutil.copytree(first, second)
-  on_eight = _main(first, tree, 8, [])
+  # The same run continues on another layout of the same slice and on half the slice.
+  on_eight = _main(first, tree, 8, ['mesh.data=1'])
   on_four = _main(second, tree, 4, [])
+  assert '8 devices: data 1 x space 8' in on_eight.stdout
+  assert 'mesh.data 0 -> 1' in on_eight.stderr  # a safe change, logged
   assert '4 devices: data 2 x space 2' in on_four.stdout
   for proc in (on_eight, on_four):
     assert 'Resumed from the checkpoint of step 2' in proc.stderr
