@@ -225,6 +225,7 @@ def main(argv):
                jax.process_count(), jax.local_device_count(), jax.device_count())
   from ctt_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from ctt_jax import data  # pylint: disable=g-import-not-at-top
+  from ctt_jax import layout  # pylint: disable=g-import-not-at-top
   from ctt_jax import train  # pylint: disable=g-import-not-at-top
   from ctt_jax import workdir_lock  # pylint: disable=g-import-not-at-top
   try:
@@ -235,6 +236,8 @@ def main(argv):
                                process_count=1 if compiling else jax.process_count())
     for warning in config_validation.warnings(FLAGS.config):
       logging.warning('%s', warning)
+    if not compiling:  # the mesh chosen for this slice (compile prints the topology's)
+      print(layout.summary(FLAGS.config, jax.device_count()) + '.', flush=True)
     _run_mode(train, FLAGS.config)
   except train.Interrupted as e:
     # 128 + the signal: schedulers read "killed by SIGTERM" (143) and requeue the job.
@@ -244,7 +247,7 @@ def main(argv):
     print('Interrupted (SIGINT) with nothing to save; rerun the same command to start '
           'again.', file=sys.stderr)
     sys.exit(130)
-  except (config_validation.ConfigError, predict.RequestError) as e:
+  except (config_validation.ConfigError, predict.RequestError, layout.LayoutError) as e:
     _fail(str(e), status=2)
   except (data.DataError, train.NonFiniteLossError, FileNotFoundError,
           checkpointing.CheckpointError, workdir_lock.WorkdirError) as e:

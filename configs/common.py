@@ -220,6 +220,16 @@ def base_config() -> ml_collections.ConfigDict:
   # Stop (with a checkpoint) once this step is reached, e.g. to fit a time-limited job;
   # rerunning the same command resumes. -1: run to total_steps.
   c.stop_at_step = -1
+  # --- how the step is laid over the devices (ctt_jax/layout.py); the program is the same ---
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = 0  # devices along the batch; 0: auto, as many as batch_size allows
+  c.mesh.space = 0  # devices along each image's rows; 0: auto, the rest
+  # --- opt-in: adapt the recipe to a batch_size other than the one it was tuned for
+  # (ctt_jax/scaling.py); 'none' runs the config as written ---
+  c.scaling = ml_collections.ConfigDict()
+  c.scaling.rule = 'none'  # none|linear|sqrt: lr x B/B0 or sqrt(B/B0), steps x B0/B
+  c.scaling.base_batch_size = 2  # B0; the dataset's batch_size (apply_dataset_defaults)
+
   # Locked: a key that is not defined above cannot be added by mistake (a typo fails).
   c.lock()
   return c
@@ -396,7 +406,9 @@ def apply_dataset_defaults(config: ml_collections.ConfigDict, dataset: str):
   if dataset not in DATASETS:
     raise ValueError(f'Unknown dataset {dataset!r}; use one of: {", ".join(DATASETS)}.')
   config.data.name = dataset
-  return update(config, DATASETS[dataset])
+  update(config, DATASETS[dataset])
+  config.scaling.base_batch_size = config.batch_size  # the batch the recipe was tuned for
+  return config
 
 
 def dataset_config(dataset: str, arg: str | None, splits: tuple[str, ...],

@@ -16,6 +16,7 @@ import difflib
 import math
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
+from ctt_jax import layout  # the mesh rule: plain Python, no jax
 from ctt_jax import methods  # the method table: plain Python, no jax
 
 METHODS = methods.METHOD_NAMES
@@ -222,6 +223,11 @@ SCHEMA: dict[str, Rule] = {
     'data.synthetic_num_train': integer(1),
     'data.synthetic_num_val': integer(1),
     'data.synthetic_seed': integer(),
+    # the mesh (ctt_jax/layout.py) and the opt-in recipe scaling (ctt_jax/scaling.py)
+    'mesh.data': integer(0),
+    'mesh.space': integer(0),
+    'scaling.rule': one_of('none', 'linear', 'sqrt'),
+    'scaling.base_batch_size': integer(1),
     # the training program
     'log_every': PERIOD,
     'eval_every': PERIOD,
@@ -252,25 +258,23 @@ def scale_grid_problem(scale_range, step: float) -> Optional[str]:
           f'{tuple(scale_range)} into whole steps, or be 0')
 
 
-def _divides(key: str, count_name: str) -> Callable[[dict], Optional[str]]:
-  def check(c):
-    n = c[count_name]
-    if n > 1 and c[key] % n:
-      noun = 'devices' if count_name == '_device_count' else 'processes'
-      fit = [b for b in range(c[key], c[key] + 4 * n) if b % n == 0][0]
-      return (f'{key} is {c[key]} but must be divisible by the {n} {noun} it is sharded '
-              f'over (e.g. {key}={fit})')
-    return None
-  return check
+def _mesh_problem(c) -> Optional[str]:
+  """Whether batch_size and the crop lay out over the run's devices (layout.plan); the
+  processes need no rule: they share images when the batch has fewer (sharding.py)."""
+  rows = c['data.crop_size'][0]
+  try:
+    layout.plan(c['_device_count'], c['batch_size'], rows,
+                layout.feature_rows(rows, c['model.name'], c['model.output_stride']),
+                c['mesh.data'], c['mesh.space'])
+  except layout.LayoutError as e:
+    return str(e).rstrip('.')
+  return None
 
 
 # Rules between keys; each returns a problem phrase or None. `_device_count` and
 # `_process_count` are the run's, added by `validate`.
 CROSS_CHECKS: list[Callable[[dict], Optional[str]]] = [
-    _divides('batch_size', '_process_count'),  # the unlabeled batch has the same size
-    _divides('batch_size', '_device_count'),
-    _divides('data.eval_batch_size', '_process_count'),
-    _divides('data.eval_batch_size', '_device_count'),
+    lambda c: _mesh_problem(c),  # the batch and crop over the devices (layout.py)
     _ordered_pair('data.scale_range', 'first value must not exceed the second'),
     lambda c: scale_grid_problem(c['data.scale_range'], c['data.scale_step']),
     lambda c: (None if c['strong_aug.blur_sigma_min'] <= c['strong_aug.blur_sigma_max']
@@ -389,6 +393,7 @@ SAFE_ON_RESUME = frozenset({
     'data.unlabeled_labels',  # diagnostics only, never trained on
     'model.conv_impl', 'model.remat', 'vmap_pairs',
     'model.pretrained', 'model.skip_head', 'self_training_teacher_workdir',
+    'mesh.data', 'mesh.space',  # the same program laid over another slice (layout.py)
 })
 
 

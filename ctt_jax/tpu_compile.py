@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ctt_jax import inference
+from ctt_jax import layout as layout_lib
 from ctt_jax import methods
 from ctt_jax import models
 from ctt_jax import sharding
@@ -312,38 +313,42 @@ def eval_image_size(config: ml_collections.ConfigDict) -> tuple[int, int]:
                           'check cannot read the largest val image without the data.')
 
 
-def check_batch(config: ml_collections.ConfigDict, num_devices: int) -> int:
-  """Per-device batch; a global batch that does not split evenly is a CompileCheckError."""
-  batch = int(config.batch_size)
-  if batch % num_devices:
-    suggestion = num_devices * max(1, batch // num_devices)
-    raise CompileCheckError(f'batch_size={batch} (the global labeled batch; the unlabeled one '
-                            f'is as large) does not split over {num_devices} devices: use a '
-                            f'multiple of {num_devices}, e.g. batch_size={suggestion}.')
-  return batch // num_devices
+def plan_layout(config: ml_collections.ConfigDict, num_devices: int) -> layout_lib.Layout:
+  """The (data, space) mesh a run of `config` uses on `num_devices` chips (layout.py); a
+  config that cannot be laid out is a CompileCheckError."""
+  try:
+    return layout_lib.plan_for_config(config, num_devices)
+  except layout_lib.LayoutError as e:
+    raise CompileCheckError(str(e)) from None
 
 
 def _struct(shape, dtype, sharding_):
   return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding_)
 
 
-def abstract_train_batch(config, global_batch: int, sharding_) -> dict[str, Any]:
+def _laid_out(batch: dict[str, Any], mesh) -> dict[str, Any]:
+  """Shapes -> ShapeDtypeStructs sharded as the training loop shards them (pixel_spec)."""
+  shardings = sharding.batch_shardings(batch, mesh)
+  return jax.tree.map(lambda x, s: _struct(x.shape, x.dtype, s), batch, shardings)
+
+
+def abstract_train_batch(config, global_batch: int, mesh) -> dict[str, Any]:
   """The train step's batch (docs/INTERFACES.md) as sharded ShapeDtypeStructs."""
   h, w = config.data.crop_size
-  batch = {'labeled': {'image': _struct((global_batch, h, w, 3), jnp.uint8, sharding_),
-                       'label': _struct((global_batch, h, w), jnp.int32, sharding_)}}
+  shape = lambda *s: jax.ShapeDtypeStruct((global_batch, h, w) + s[1:], s[0])
+  batch = {'labeled': {'image': shape(jnp.uint8, 3), 'label': shape(jnp.int32)}}
   if methods.from_config(config).semi_supervised:
-    batch['unlabeled'] = {'image': _struct((global_batch, h, w, 3), jnp.uint8, sharding_),
-                          'valid': _struct((global_batch, h, w), jnp.bool_, sharding_)}
-  return batch
+    batch['unlabeled'] = {'image': shape(jnp.uint8, 3), 'valid': shape(jnp.bool_)}
+  return _laid_out(batch, mesh)
 
 
-def abstract_eval_batch(config, global_batch: int, sharding_) -> dict[str, Any]:
+def abstract_eval_batch(config, global_batch: int, mesh) -> dict[str, Any]:
   h, w = eval_image_size(config)
-  return {'image': _struct((global_batch, h, w, 3), jnp.uint8, sharding_),
-          'label': _struct((global_batch, h, w), jnp.int32, sharding_),
-          'valid': _struct((global_batch, h, w), jnp.bool_, sharding_),
-          'index': _struct((global_batch,), jnp.int32, sharding_)}
+  batch = {'image': jax.ShapeDtypeStruct((global_batch, h, w, 3), jnp.uint8),
+           'label': jax.ShapeDtypeStruct((global_batch, h, w), jnp.int32),
+           'valid': jax.ShapeDtypeStruct((global_batch, h, w), jnp.bool_),
+           'index': jax.ShapeDtypeStruct((global_batch,), jnp.int32)}
+  return _laid_out(batch, mesh)
 
 
 def _replicated_state(config, model, mesh):
@@ -408,10 +413,10 @@ def compile_report(config: ml_collections.ConfigDict, topology: str, *,
 
   Args:
     config: a run config; `batch_size` is the global labeled batch (the unlabeled batch is
-      as large) and must be a multiple of the slice's chip count.
+      as large), laid over the slice as a run lays it (layout.py: data x space).
     topology: 'v5e:2x4', 'v4:2x2x1', ... or an accelerator type such as 'v5e-8'.
-    steps: which steps to compile: 'train' and/or 'eval' (one image per chip at the eval
-      size).
+    steps: which steps to compile: 'train' and/or 'eval' (data.eval_batch_size images at
+      the eval size, on the same mesh).
     num_labeled: N_L for the bank's k per push; default from the partition list.
   Returns:
     A JSON-able dict: the slice, the chip's figures, the batch, and per step ('train',
@@ -420,7 +425,7 @@ def compile_report(config: ml_collections.ConfigDict, topology: str, *,
     step XLA refuses for lack of HBM has fits=False, the HBM it asked for and the error.
   """
   topo = parse_topology(topology)
-  per_chip = check_batch(config, topo.num_chips)
+  layout = plan_layout(config, topo.num_chips)
   config = as_on_tpu(config)
   model = models.get_model(config.model, config.num_classes)
   if config.model.remat and getattr(model, 'remat', '') != config.model.remat:
@@ -429,8 +434,9 @@ def compile_report(config: ml_collections.ConfigDict, topology: str, *,
                             f'{type(model).__name__} (model.name={config.model.name!r}); '
                             "set model.remat='' or use a DeepLab model.")
   devices = topology_devices(topo)
-  mesh = sharding.make_mesh(devices)
-  rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  mesh = sharding.make_mesh(devices, layout)
+  rep = sharding.replicated(mesh)
+  per_chip = config.batch_size / layout.data / layout.space  # images (or a share of one)
   state = _replicated_state(config, model, mesh)
   dtype = config.model.dtype
   chip = topo.chip
@@ -445,7 +451,10 @@ def compile_report(config: ml_collections.ConfigDict, topology: str, *,
       'remat': config.model.remat, 'conv_impl': config.model.conv_impl,
       'crop_size': list(config.data.crop_size),
       'bank_size': int(config.bank_size), 'global_batch': int(config.batch_size),
-      'per_chip_batch': per_chip,
+      'per_chip_batch': int(per_chip) if per_chip == int(per_chip) else per_chip,
+      'mesh': {'data': layout.data, 'space': layout.space},
+      'layout': layout.describe(int(config.batch_size), int(config.data.crop_size[0]),
+                                methods.from_config(config).input_streams),
   }
   if 'train' in steps:
     if num_labeled is None:
@@ -453,16 +462,24 @@ def compile_report(config: ml_collections.ConfigDict, topology: str, *,
     report['num_labeled'] = int(num_labeled)
     rng = jax.eval_shape(lambda: jax.random.key(0))
     step = train_step.make_train_step(config, model, num_labeled)
-    lowered = sharding.jit_train_step(step, mesh).lower(
-        state, abstract_train_batch(config, config.batch_size, data),
-        _struct(rng.shape, rng.dtype, rep))
+    batch = abstract_train_batch(config, config.batch_size, mesh)
+    lowered = sharding.jit_train_step(step, mesh, sharding.batch_shardings(batch, mesh)).lower(
+        state, batch, _struct(rng.shape, rng.dtype, rep))
     report['train'] = compile_and_analyse(lowered, chip, dtype)
   if 'eval' in steps:
+    # The eval batch as the run reads it (data.eval_batch_size), on the training mesh.
+    eval_batch = int(config.data.eval_batch_size)
+    try:
+      layout_lib.check_eval(layout, eval_batch, eval_image_size(config)[0])
+    except layout_lib.LayoutError as e:
+      raise CompileCheckError(str(e)) from None
     eval_fn = inference.make_eval_step(config, model)
-    lowered = jax.jit(eval_fn, in_shardings=(rep, data), out_shardings=rep).lower(
-        state, abstract_eval_batch(config, len(devices), data))
+    lowered = sharding.jit_eval_step(
+        eval_fn, mesh, sharding.eval_batch_shardings(mesh, eval_batch)).lower(
+            state, abstract_eval_batch(config, eval_batch, mesh))
     report['eval'] = {**compile_and_analyse(lowered, chip, dtype),
-                      'image_size': list(eval_image_size(config)), 'per_chip_batch': 1}
+                      'image_size': list(eval_image_size(config)), 'global_batch': eval_batch,
+                      'per_chip_batch': eval_batch / len(devices)}
   return report
 
 
@@ -471,9 +488,8 @@ def format_report(report: dict[str, Any]) -> str:
   head = (f"{report['topology']} ({report['num_chips']} x {report['chip']}, "
           f"{report['num_hosts']} host(s), {report['hbm_capacity_gib']:g} GiB HBM per chip); "
           f"{report['method']} x{report['num_pairs']}, {report['dtype']}, "
-          f"remat={report['remat'] or 'none'}, {report['per_chip_batch']} labeled + "
-          f"{report['unlabeled_per_chip']} unlabeled per chip, crop "
-          f"{report['crop_size'][0]}x{report['crop_size'][1]}")
+          f"remat={report['remat'] or 'none'}, batch_size={report['global_batch']}, crop "
+          f"{report['crop_size'][0]}x{report['crop_size'][1]}; {report['layout']}")
   cols = ('step', 'args GiB', 'temp GiB', 'total GiB', 'fits', 'TFLOP', 'GiB moved',
           'roofline ms', 'bound', 'collectives')
   lines = [head, '| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]

@@ -24,10 +24,12 @@ from ctt_jax import checkpointing
 from ctt_jax import config_validation
 from ctt_jax import data as data_lib
 from ctt_jax import inference
+from ctt_jax import layout as layout_lib
 from ctt_jax import methods as methods_lib
 from ctt_jax import metrics as metrics_lib
 from ctt_jax import models
 from ctt_jax import predict as predict_lib
+from ctt_jax import scaling
 from ctt_jax import sharding
 from ctt_jax import stacked
 from ctt_jax import train_state as state_lib
@@ -88,7 +90,9 @@ class Run:
                asynchronous_checkpoints: bool, read_only: bool = False):
     self.config, self.workdir = config, workdir
     self.method = methods_lib.from_config(config)
-    self.mesh = sharding.make_mesh()
+    # batch x image rows (layout.py); the state is replicated, so any slice restores it.
+    self.layout = layout_lib.plan_for_config(config, jax.device_count())
+    self.mesh = sharding.make_mesh(layout=self.layout)
     self.model = models.get_model(config.model, config.num_classes)
     self.image_shape = tuple(config.data.crop_size)
     self.manager = checkpointing.make_manager(workdir, config.keep_checkpoints,
@@ -107,10 +111,19 @@ class Run:
     return checkpointing.restore(self.manager, self.abstract_state, step,
                                  quarantine=quarantine, allow_unverified=allow_unverified)
 
-  def jit_eval_step(self):
-    rep, data = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
-    return jax.jit(inference.make_eval_step(self.config, self.model),
-                   in_shardings=(rep, data), out_shardings=rep)
+  def jit_eval_step(self, datasets):
+    """The eval step on the training mesh; eval images' rows split as `pixel_spec` says."""
+    batch = int(self.config.data.eval_batch_size)
+    layout_lib.check_eval(self.layout, batch, datasets.eval_size[0])
+    return sharding.jit_eval_step(inference.make_eval_step(self.config, self.model),
+                                  self.mesh, sharding.eval_batch_shardings(self.mesh, batch))
+
+  def batch_ranges(self) -> dict[str, tuple[int, int]]:
+    """This process's images of the global train and eval batches (shared images are
+    read by every process that holds some of their rows)."""
+    return {'train_range': sharding.process_batch_range(self.mesh, self.config.batch_size),
+            'eval_range': sharding.process_batch_range(
+                self.mesh, self.config.data.eval_batch_size)}
 
   def init_state(self):
     config = self.config
@@ -337,6 +350,7 @@ def _initial_state(run: Run, allow_unverified: bool):
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source,
                         allow_unverified: bool) -> dict[str, Any]:
+  config = scaling.apply(config)  # opt-in (scaling.rule); logs what it changes
   run = Run(config, workdir, asynchronous_checkpoints=True)
   _check_resume(run)
   state, step = _initial_state(run, allow_unverified)
@@ -344,7 +358,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source,
     return _report_finished(run, step)
   datasets = data_lib.build_datasets(config, start_step=step, source=source,
                                      process_index=jax.process_index(),
-                                     process_count=jax.process_count())
+                                     process_count=jax.process_count(), **run.batch_ranges())
   writer = _start_writer(run, datasets, state, step)
   logging.info('Method %s, %d pair(s), %d labeled images, bank k_per_step=%d.',
                run.method.name, run.method.num_pairs, datasets.num_labeled,
@@ -362,9 +376,9 @@ def _train_loop(run: Run, datasets, writer, state, step: int):
   """Steps from `step` to total_steps (or stop_at_step, or a stop signal), evaluating and
   checkpointing on the way; returns (the last evaluation's results, the last step)."""
   config, total = run.config, int(run.config.total_steps)
-  train_step = sharding.jit_train_step(
-      step_lib.make_train_step(config, run.model, datasets.num_labeled), run.mesh)
-  eval_step = run.jit_eval_step()
+  step_fn = step_lib.make_train_step(config, run.model, datasets.num_labeled)
+  train_step = None  # jitted for the first batch's shardings (sharding.batch_shardings)
+  eval_step = run.jit_eval_step(datasets)
   eval_every = eval_period(config, datasets.num_labeled)
   log = _TrainLog(run, writer, run.method.input_streams * config.batch_size, total,
                   datasets.class_names)
@@ -372,7 +386,10 @@ def _train_loop(run: Run, datasets, writer, state, step: int):
   try:
     while step < total:
       batch = {'labeled': next(datasets.labeled), 'unlabeled': next(datasets.unlabeled)}
-      batch = sharding.global_batch(batch, run.mesh)
+      batch = sharding.global_batch(batch, run.mesh, config.batch_size)
+      if train_step is None:
+        train_step = sharding.jit_train_step(step_fn, run.mesh,
+                                             sharding.batch_shardings(batch, run.mesh))
       state, metrics = train_step(state, batch, jax.random.fold_in(base_rng, step))
       step += 1
       log.add(step - 1, metrics, write=step % config.log_every == 0 or step == total,
@@ -447,7 +464,8 @@ def _report_finished(run: Run, step: int) -> dict[str, Any]:
 
 
 def _evaluate_and_write(run: Run, datasets, eval_step, state, step: int, writer):
-  batches = (sharding.global_batch(b, run.mesh) for b in datasets.eval_batches())
+  size = run.config.data.eval_batch_size
+  batches = (sharding.global_batch(b, run.mesh, size) for b in datasets.eval_batches())
   names = run.method.network_names()
   results = metrics_lib.evaluate(eval_step, state, batches, names, run.config.num_classes)
   writer.write_scalars(step, {f'val/miou_{name}': results[name]['miou'] for name in names})
@@ -495,12 +513,13 @@ def evaluate_checkpoint(config, workdir, step: Optional[int] = None, *,
   """--mode=eval: scores every student and teacher of a checkpoint (the newest verified
   one unless `step`); prints the table, then writes the JSON."""
   _check_readable_run(workdir)
-  data = data_lib.build_datasets(config, training=False, process_index=jax.process_index(),
-                                 process_count=jax.process_count())
   run = Run(config, workdir, asynchronous_checkpoints=False, read_only=True)
   state, step = run.restore(step, allow_unverified=allow_unverified)
-  batches = (sharding.global_batch(b, run.mesh) for b in data.eval_batches())
-  results = metrics_lib.evaluate(run.jit_eval_step(), state, batches,
+  data = data_lib.build_datasets(config, training=False, process_index=jax.process_index(),
+                                 process_count=jax.process_count(), **run.batch_ranges())
+  size = config.data.eval_batch_size
+  batches = (sharding.global_batch(b, run.mesh, size) for b in data.eval_batches())
+  results = metrics_lib.evaluate(run.jit_eval_step(data), state, batches,
                                  run.method.network_names(), config.num_classes)
   if jax.process_index() == 0:
     _print_miou_table(results, data.class_names, step)

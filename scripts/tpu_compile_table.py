@@ -23,6 +23,9 @@ Row sets (`--rows`, comma-separated, run in the order given; all of them:
   from the linear estimate of two compiled batches (of this slice, else the slope of the
   same program on another slice), else by doubling, then bisecting; v5e-8 and v4-8 first;
 - `v6e`: the CTT steps on v6e-8, last (they need the most host memory and time);
+- `mesh`: the paper's Cityscapes config as written (2 + 2, float32) laid over each 8-chip
+  slice by the mesh rule (ctt_jax/layout.py: data 2 x space 4 on 8 chips, 2 x 2 on 4),
+  train and eval, next to the data-parallel rows (`per_chip_batch` 0 = as written);
 - `demo`: the demo config (seconds).
 
 `--configs=cityscapes` and `--topologies=v5e:2x4,v4:2x2x1` keep only the rows (and search
@@ -30,7 +33,8 @@ bases) of those configs (a substring of the config path) and slices, to settle w
 matters first, e.g. `--rows=search --configs=cityscapes --topologies=v5e:2x4,v4:2x2x1`.
 
 The batch rule: `batch_size` is the global labeled batch (the unlabeled one is as large),
-so a row's per-chip batch p on D chips compiles `batch_size = p * D`.
+so a row's per-chip batch p on D chips compiles `batch_size = p * D`; p = 0 compiles the
+config's own batch_size, split over batch and image rows (the `mesh` rows).
 """
 from __future__ import annotations
 
@@ -194,6 +198,16 @@ def slope_rows() -> list[dict[str, Any]]:
   return rows
 
 
+def mesh_rows() -> list[dict[str, Any]]:
+  """The paper's Cityscapes 1_30 config as written (batch 2 + 2, float32) on each 8-chip
+  slice, laid out by the mesh rule; the v6e row last (it needs the most host memory)."""
+  rows = [row(CITYSCAPES, topology, per_chip_batch=0)
+          for topology in ('v5e:2x4', 'v4:2x2x1', 'v5p:2x2x1')]
+  rows.append(row(CITYSCAPES, 'v5e:2x4', per_chip_batch=0, step='eval'))
+  rows.append(row(CITYSCAPES, 'v6e:2x4', per_chip_batch=0))
+  return rows
+
+
 def demo_rows() -> list[dict[str, Any]]:
   return [row('configs/demo.py', 'v5e:2x2', per_chip_batch=2),
           row('configs/demo.py', 'v5e:2x2', step='eval')]
@@ -248,8 +262,9 @@ def config_arg(r: dict[str, Any], num_chips: int) -> tuple[str, str]:
   path, _, arg = r['config'].partition(':')
   parts = [arg] if arg else []
   parts += [method_overrides(r['method']), f"model.dtype={r['dtype']}",
-            f"model.remat={r['remat']}", f"model.conv_impl={r['conv_impl']}",
-            f"batch_size={r['per_chip_batch'] * num_chips}"]
+            f"model.remat={r['remat']}", f"model.conv_impl={r['conv_impl']}"]
+  if r['per_chip_batch']:  # 0: the config's own batch_size, laid out by the mesh rule
+    parts.append(f"batch_size={r['per_chip_batch'] * num_chips}")
   if r['overrides']:
     parts.append(r['overrides'])
   return path, ','.join(parts)
@@ -290,7 +305,7 @@ def compile_row(r: dict[str, Any]) -> dict[str, Any]:
       'wall_s': round(time.time() - start, 1), 'num_chips': report['num_chips'],
       'num_hosts': report['num_hosts'], 'global_batch': report['global_batch'],
       'num_pairs': report['num_pairs'], 'bank_size': report['bank_size'],
-      'crop_size': report['crop_size'], 'config_arg': arg,
+      'crop_size': report['crop_size'], 'config_arg': arg, 'mesh': report['mesh'],
       'measured': time.strftime('%Y-%m-%d'), 'code': code_version(),
   }
 
@@ -530,6 +545,12 @@ def collectives_cell(collectives: Optional[dict[str, int]]) -> str:
 def per_chip_cell(r: dict[str, Any]) -> str:
   """The images per chip: '2 + 2' (labeled + unlabeled) for a semi-supervised train row."""
   p = r['per_chip_batch']
+  if p == 0:  # the config's batch over data x space: '2/8 + 2/8 (2x4)'
+    mesh = f"{r['mesh']['data']}x{r['mesh']['space']}"
+    if r['step'] == 'eval':
+      return f"1/{r['num_chips']} image ({mesh})"
+    share = f"{r['global_batch']}/{r['num_chips']}"
+    return f'{share} ({mesh})' if r['method'] == 'supervised' else f'{share} + {share} ({mesh})'
   if r['step'] == 'eval':
     return f'{p} image' if p == 1 else f'{p} images'
   return str(p) if r['method'] == 'supervised' else f'{p} + {p}'
@@ -634,7 +655,7 @@ def main(argv=None):
     print(json.dumps(compile_row(json.loads(args.one))))
     return
   builders = {'main': main_rows, 'slopes': slope_rows, 'scaling': scaling_rows,
-              'v6e': v6e_rows, 'demo': demo_rows}
+              'v6e': v6e_rows, 'mesh': mesh_rows, 'demo': demo_rows}
   wanted = selection(args.configs, args.topologies)
   for name in args.rows.split(','):
     if name == 'search':

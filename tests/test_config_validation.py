@@ -99,15 +99,18 @@ def test_each_user_error_is_one_sentence(override, expected):
   assert expected in _error(demo.get_config(override))
 
 
-def test_batch_must_divide_over_devices_and_processes():
-  message = _error(demo.get_config('batch_size=3'), devices=2)
-  assert ('batch_size is 3 but must be divisible by the 2 devices it is sharded over '
-          '(e.g. batch_size=4)') in message
-  message = _error(demo.get_config('batch_size=6,data.eval_batch_size=6'), devices=8,
-                   processes=4)
-  assert 'batch_size is 6 but must be divisible by the 4 processes' in message
-  assert 'data.eval_batch_size is 6 but must be divisible by the 8 devices' in message
-  cv.validate(demo.get_config('batch_size=8'), device_count=8, process_count=2)
+def test_a_config_that_cannot_be_laid_out_is_one_sentence_with_the_fix():
+  # The paper's batch of 2 lays out on 8 devices (data 2 x space 4), on any process count.
+  cv.validate(cityscapes.get_config('1_30'), device_count=8, process_count=2)
+  cv.validate(cityscapes.get_config('1_30'), device_count=8, process_count=8)
+  # 128 devices would split a 256-row crop into 64 row shards: its feature map has 32.
+  message = _error(cityscapes.get_config('1_30'), devices=128, processes=32)
+  assert '64 row shards are more than the 32 rows of the feature map' in message
+  assert 'use batch_size=4' in message
+  message = _error(cityscapes.get_config('1_30,mesh.data=4'), devices=8)
+  assert 'batch_size=2 does not split over 4 devices; use mesh.data=2' in message
+  message = _error(cityscapes.get_config('1_30,mesh.data=2,mesh.space=2'), devices=8)
+  assert 'make 4 devices but the run has 8' in message
 
 
 def test_wrong_types_are_named():

@@ -1,5 +1,8 @@
 """Two processes with jax.distributed (gloo CPU collectives, 4 fake devices each), each
-reading its own data slice, train like one process with the same global batch."""
+reading the images its devices hold, train like one process with the same global batch:
+with 8 images (4 each, data 8 x space 1) and with 1 image (both read it and each keeps
+half of its rows, data 1 x space 8)."""
+import pytest
 import os
 import socket
 import subprocess
@@ -16,11 +19,11 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _start(out, process_id=0, num_processes=1, local_devices=8, port=0):
+def _start(out, process_id=0, num_processes=1, local_devices=8, port=0, batch_size=8):
   return subprocess.Popen(
       [sys.executable, WORKER, f'--process_id={process_id}',
        f'--num_processes={num_processes}', f'--local_devices={local_devices}',
-       f'--port={port}', f'--out={out}'],
+       f'--port={port}', f'--out={out}', f'--batch_size={batch_size}'],
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -30,14 +33,18 @@ def _finish(proc):
   return out
 
 
-def test_two_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize('batch_size, mesh, images', [
+    (8, "{'data': 8, 'space': 1}", ('[0, 4)', '[4, 8)')),
+    (1, "{'data': 1, 'space': 8}", ('[0, 1)', '[0, 1)'))])
+def test_two_processes_match_one_process(tmp_path, batch_size, mesh, images):
   port = _free_port()
   multi = str(tmp_path / 'multi.npz')
-  procs = [_start(multi, i, 2, 4, port) for i in range(2)]
+  procs = [_start(multi, i, 2, 4, port, batch_size) for i in range(2)]
   outputs = [_finish(p) for p in procs]
-  assert 'process 1/2 devices 4/8 done' in ''.join(outputs)
+  for p in range(2):
+    assert f'process {p}/2 devices 4/8 mesh {mesh} images {images[p]} done' in outputs[p]
   single = str(tmp_path / 'single.npz')
-  _finish(_start(single, local_devices=8))
+  _finish(_start(single, local_devices=8, batch_size=batch_size))
   a, b = np.load(multi), np.load(single)
   assert len(a.files) == len(b.files) > 1
   for key in a.files:

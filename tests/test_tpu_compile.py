@@ -11,6 +11,7 @@ import os
 
 import pytest
 
+from ctt_jax import layout
 from ctt_jax import tpu_compile
 from tests import fake_devices
 
@@ -129,13 +130,16 @@ def test_missing_libtpu_is_one_sentence():
     tpu_compile.topology_devices(tpu_compile.parse_topology('v5e:2x2'))
 
 
-def test_batch_that_does_not_split_is_one_sentence():
-  config = type('C', (), {'batch_size': 2})()
+def test_the_paper_batch_is_laid_out_over_the_slice_or_refused_in_one_sentence():
+  from configs import cityscapes  # pylint: disable=g-import-not-at-top
+  config = cityscapes.get_config('1_30')
+  assert tpu_compile.plan_layout(config, 8) == layout.Layout(2, 4)  # v5e-8
+  assert tpu_compile.plan_layout(config, 4) == layout.Layout(2, 2)  # v4-8, v5p-8
+  assert tpu_compile.plan_layout(cityscapes.get_config('1_30,batch_size=16'), 8) == (
+      layout.Layout(8, 1))
   with pytest.raises(tpu_compile.CompileCheckError,
-                     match='batch_size=2 .* does not split over 8 devices'):
-    tpu_compile.check_batch(config, 8)
-  config.batch_size = 16
-  assert tpu_compile.check_batch(config, 8) == 2
+                     match='128 devices cannot be laid out .* use batch_size=4'):
+    tpu_compile.plan_layout(config, 128)
 
 
 def test_out_of_hbm_message_becomes_a_row():
@@ -369,8 +373,9 @@ def test_markdown_table_has_one_line_per_row():
 
 def test_settings_are_checked_before_anything_compiles():
   from configs import demo  # pylint: disable=g-import-not-at-top
-  with pytest.raises(tpu_compile.CompileCheckError, match='does not split over 4 devices'):
-    tpu_compile.compile_report(demo.get_config('batch_size=6'), 'v5e:2x2')
+  with pytest.raises(tpu_compile.CompileCheckError,
+                     match='does not split over 4 devices; use mesh.data=2'):
+    tpu_compile.compile_report(demo.get_config('batch_size=2,mesh.data=4'), 'v5e:2x2')
   with pytest.raises(tpu_compile.CompileCheckError, match="model.remat='blocks' has no effect"):
     tpu_compile.compile_report(demo.get_config('model.remat=blocks'), 'v5e:2x2')
 

@@ -31,10 +31,11 @@ class Datasets:
   unlabeled: endless iterator of {'image': uint8 [b, h, w, 3], 'valid': bool [b, h, w]},
     plus 'label': int32 [b, h, w] when `unlabeled_labels` (ground truth for diagnostics,
     never for training; same augmentation draw as the image, 255 = ignore).
-    b = config.batch_size / process_count, (h, w) = data.crop_size.
+    b = this process's images of the global batch_size, (h, w) = data.crop_size.
   eval_batches(): a fresh iterator over the whole val set: {'image': uint8 [e, H, W, 3],
     'label': int32 [e, H, W], 'valid': bool [e, H, W], 'index': int32 [e]},
-    e = data.eval_batch_size / process_count; `eval_steps` batches; padding has index -1.
+    e = this process's images of data.eval_batch_size; `eval_steps` batches; padding has
+    index -1.
   palette: uint8 [C, 3], the dataset's official class colours.
   unlabeled_labels: whether the unlabeled batches carry 'label' (data.unlabeled_labels
     and the dataset has labels for its unlabeled images); also set when training=False.
@@ -115,14 +116,18 @@ def eval_geometry(data_config, source: Source):
 def build_datasets(config, *, start_step: int = 0, training: bool = True,
                    process_index: int | None = None,
                    process_count: int | None = None,
-                   source: Source | None = None) -> Datasets:
+                   source: Source | None = None,
+                   train_range: tuple[int, int] | None = None,
+                   eval_range: tuple[int, int] | None = None) -> Datasets:
   """The streams of one run; step `start_step` onward (resume needs no iterator state).
 
   Process `process_index` of `process_count` (default: jax's) gets its slice of every
-  global batch; the P slices concatenated are the single-process batch. With
-  `training=False` (evaluation) the training streams are None and never built. `source`:
-  the `load_source(config)` already read (training looks the data up before it builds
-  anything, so a missing dataset fails first).
+  global batch; the P slices concatenated are the single-process batch. `train_range`
+  and `eval_range` ([start, stop) of the global train and eval batch, from
+  `sharding.process_batch_range`) override the equal slices, e.g. when processes share
+  images. With `training=False` (evaluation) the training streams are None and never built.
+  `source`: the `load_source(config)` already read (training looks the data up before it
+  builds anything, so a missing dataset fails first).
   """
   _hide_gpus_from_tf()
   if process_index is None or process_count is None:
@@ -137,14 +142,17 @@ def build_datasets(config, *, start_step: int = 0, training: bool = True,
     raise DataError(f'config.num_classes={config.num_classes} but {data.name} has '
                     f'{source.num_classes} classes; set num_classes={source.num_classes}.')
 
-  labeled, unlabeled = (_train_streams(config, source, start_step, process_index,
-                                        process_count) if training else (None, None))
+  if training and train_range is None:
+    train_range = streams.even_range(int(config.batch_size), process_index, process_count,
+                                     'batch_size')
+  labeled, unlabeled = (_train_streams(config, source, start_step, train_range)
+                        if training else (None, None))
 
   resize_to, pad_size = eval_geometry(data, source)
   eval_batch = int(data.eval_batch_size)
   make_eval = lambda: streams.eval_stream(
       source.val, resize_to=resize_to, pad_size=pad_size, global_batch=eval_batch,
-      process_index=process_index, process_count=process_count)
+      process_index=process_index, process_count=process_count, batch_range=eval_range)
   make_eval()  # Fails now, not at the first evaluation, if the eval batch does not split.
 
   return Datasets(
@@ -165,7 +173,7 @@ def build_datasets(config, *, start_step: int = 0, training: bool = True,
       unlabeled_labels=unlabeled_has_labels(config, source))
 
 
-def _train_streams(config, source: Source, start_step, process_index, process_count):
+def _train_streams(config, source: Source, start_step, train_range):
   """The endless labeled and unlabeled streams (numpy batches, tf.data behind)."""
   params = augment.TrainAugment.from_config(config.data)
   unlabeled = source.unlabeled
@@ -177,8 +185,7 @@ def _train_streams(config, source: Source, start_step, process_index, process_co
                     'reuses the labeled images.', config.data.split)
     unlabeled = source.labeled
   common = dict(seed=int(config.seed), global_batch=int(config.batch_size),
-                start_step=int(start_step), process_index=process_index,
-                process_count=process_count)
+                start_step=int(start_step), batch_range=tuple(train_range))
   labeled_ds = streams.train_stream(source.labeled, params, tag=streams.LABELED,
                                     keys=streams.LABELED_KEYS, **common)
   unlabeled_keys = streams.UNLABELED_KEYS + (

@@ -6,9 +6,12 @@ Training streams have no iterator state worth saving: global element i of a stre
     example = permutation(seed, stream, epoch)[position]
     augmentation seed = fold_in(seed, stream, i)
 
-and step s of a run reads the global elements [s * B, (s + 1) * B). Process p of P reads
-the slice [s * B + p * B / P, s * B + (p + 1) * B / P), so the concatenation of the P
-per-process batches is the single-process batch, and `start_step` resumes exactly.
+and step s of a run reads the global elements [s * B, (s + 1) * B). A process reads the
+slice [s * B + start, s * B + stop) its devices hold (`batch_range`; by default process p of
+P reads [p * B / P, (p + 1) * B / P)), so the per-process batches make up the
+single-process batch, and `start_step` resumes exactly. When a slice has more processes
+than a batch has images, processes that share an image pass the same range and read it
+from the same stream position.
 """
 from __future__ import annotations
 
@@ -37,18 +40,27 @@ def local_batch_size(global_batch: int, process_count: int, what: str) -> int:
   return global_batch // process_count
 
 
-def _to_global(k, local: int, global_batch: int, process_index: int):
+def even_range(global_batch: int, process_index: int, process_count: int,
+               what: str) -> tuple[int, int]:
+  """[start, stop) of process p's equal share of a global batch."""
+  local = local_batch_size(global_batch, process_count, what)
+  return process_index * local, (process_index + 1) * local
+
+
+def _to_global(k, batch_range: tuple[int, int], global_batch: int):
   """This process's k-th element -> global element index (step k // local, slot k % local)."""
+  start, stop = batch_range
+  local = stop - start
   step, j = k // local, k % local
-  return step * global_batch + process_index * local + j
+  return step * global_batch + start + j
 
 
-def global_indices(start_step: int, global_batch: int, process_index: int,
-                   process_count: int) -> tf.data.Dataset:
+def global_indices(start_step: int, global_batch: int,
+                   batch_range: tuple[int, int]) -> tf.data.Dataset:
   """int64 global element indices this process reads, from step `start_step` on."""
-  local = local_batch_size(global_batch, process_count, 'batch_size')
+  local = batch_range[1] - batch_range[0]
   return tf.data.Dataset.range(start_step * local, _MAX_INDEX).map(
-      lambda k: _to_global(k, local, global_batch, process_index))
+      lambda k: _to_global(k, batch_range, global_batch))
 
 
 def _fold(seed: int, tag: int, purpose: int, data) -> tf.Tensor:
@@ -84,10 +96,10 @@ UNLABELED_KEYS = ('image', 'valid')
 
 def train_stream(examples: ExampleList, params: augment_lib.TrainAugment, *, seed: int,
                  tag: int, keys: tuple[str, ...], global_batch: int, start_step: int,
-                 process_index: int, process_count: int) -> tf.data.Dataset:
+                 batch_range: tuple[int, int]) -> tf.data.Dataset:
   """Infinite batches of weak views, with the `keys` of {'image': uint8 [b, h, w, 3],
-  'label': int32 [b, h, w], 'valid': bool [b, h, w]}; b = global_batch / process_count,
-  (h, w) = crop.
+  'label': int32 [b, h, w], 'valid': bool [b, h, w]}; b = stop - start of `batch_range`
+  (this process's images of each global batch), (h, w) = crop.
 
   The label is read only when `keys` has 'label'. It never changes the other keys:
   image, label and valid go through one augmentation draw seeded by (seed, tag, element),
@@ -108,15 +120,17 @@ def train_stream(examples: ExampleList, params: augment_lib.TrainAugment, *, see
     views = {'image': image, 'label': label, 'valid': valid}
     return {k: views[k] for k in keys}
 
-  local = global_batch // process_count
-  ds = global_indices(start_step, global_batch, process_index, process_count)
+  local = batch_range[1] - batch_range[0]
+  ds = global_indices(start_step, global_batch, batch_range)
   ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
   return ds.batch(local, drop_remainder=True).prefetch(2).with_options(_options())
 
 
 def eval_stream(examples: ExampleList, *, resize_to, pad_size, global_batch: int,
-                process_index: int, process_count: int) -> tf.data.Dataset:
-  """All val images once, in list order, as this process's slices of global batches.
+                process_index: int, process_count: int,
+                batch_range: tuple[int, int] | None = None) -> tf.data.Dataset:
+  """All val images once, in list order, as this process's slices of global batches
+  (`batch_range`, by default process p's equal share).
 
   Yields {'image': uint8 [b, H, W, 3], 'label': int32 [b, H, W], 'valid': bool
   [b, H, W], 'index': int32 [b]} with (H, W) = pad_size. Elements past the end of the
@@ -124,7 +138,10 @@ def eval_stream(examples: ExampleList, *, resize_to, pad_size, global_batch: int
   yields the same number of batches, ceil(n / global_batch).
   """
   n = len(examples)
-  local = local_batch_size(global_batch, process_count, 'data.eval_batch_size')
+  if batch_range is None:
+    batch_range = even_range(global_batch, process_index, process_count,
+                             'data.eval_batch_size')
+  local = batch_range[1] - batch_range[0]
   num_steps = -(-n // global_batch)
 
   def real(i):
@@ -143,7 +160,7 @@ def eval_stream(examples: ExampleList, *, resize_to, pad_size, global_batch: int
     return {'image': image, 'label': label, 'valid': valid, 'index': index}
 
   ds = tf.data.Dataset.range(num_steps * local).map(
-      lambda k: _to_global(k, local, global_batch, process_index))
+      lambda k: _to_global(k, batch_range, global_batch))
   ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
   return ds.batch(local, drop_remainder=True).prefetch(2).with_options(_options())
 
