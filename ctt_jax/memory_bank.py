@@ -40,9 +40,11 @@ def ranking_groups(num_candidates: int, k: int) -> int:
   """How many contiguous groups the candidates are ranked in (the first stage of `top_k`).
 
   The largest power of two that divides P and leaves groups of >= max(k, MIN_GROUP). The
-  candidates are the flattened [B, h, w] of a batch sharded over D devices (D a power of
-  two dividing B): such a group count is a multiple of D, so every group lies on one
-  device and the first stage needs no communication.
+  candidates are the flattened [B, h, w] of a batch sharded over D devices along the batch
+  (D a power of two dividing B): such a group count is a multiple of D, so every group
+  lies on one device and the first stage needs no communication. With image rows sharded
+  too (`mesh.space` > 1) a group may span devices: the result is the same, only the
+  partitioner moves more of the candidates.
   """
   groups = 1
   while (num_candidates % (2 * groups) == 0
