@@ -868,8 +868,10 @@ def parse_args(argv=None):
   p.add_argument('--grid_md', default=os.path.join(results, 'grid.md'))
   p.add_argument('--grid_plot', default=os.path.join(results, 'grid_curves.png'))
   args = p.parse_args(argv)
+  # The reports quote the command without the machine's grid directory.
   args.command = 'python scripts/camvid_experiment.py ' + ' '.join(
-      a for a in (sys.argv[1:] if argv is None else argv)
+      '--workdir=DIR' if a.startswith('--workdir=') else a
+      for a in (sys.argv[1:] if argv is None else argv)
       if a not in ('--dry_run', '--report_only'))
   return args
 
