@@ -107,7 +107,7 @@ def pseudo_labels(logits, valid, ignore_label: int, convention: str = 'half_pixe
 
 
 def ct_pixel_weights(pseudo_conf, valid, threshold: float, weighting: str, power: float):
-  """Per-pixel weights of L_ct (SPEC 4), shaped as pseudo_conf [..., B, H, W] (one map
+  """Per-pixel weights of L_ct (Eq. 5), shaped as pseudo_conf [..., B, H, W] (one map
   per supervising network); pseudo_conf is 0 outside `valid` (broadcastable to it)."""
   if weighting == 'batch_confident_fraction':
     # ClassMix: every pixel weighted by the fraction of confident pixels of the batch.
@@ -136,7 +136,7 @@ MIX_MASKS = ('shared', 'per_student')
 
 
 def strong_views(rng, images_01, probs, valid, *, teachers_of, config):
-  """The students' strong views and their mix masks (SPEC 3).
+  """The students' strong views and their ClassMix / CutMix masks.
 
   probs: [n, B, H, W, C] softmax of the pseudo-labelling networks on the weak view.
   `classmix_mask='shared'`: one view for all students, its ClassMix classes from every
@@ -168,7 +168,7 @@ def mix_for_students(masks, values, teachers_of):
 
 
 def unlabeled_targets(pseudo_out, images_01, valid, rng, *, teachers_of, config, truth=None):
-  """Strong views of the unlabeled batch and each student's mixed pseudo-labels (SPEC 3, 4).
+  """Strong views of the unlabeled batch and each student's mixed pseudo-labels (Eq. 5).
 
   pseudo_out: the pseudo-labelling networks' outputs on the weak view, [n, B, ...].
   truth: the unlabeled images' labels [B, H, W] if the data has them, for the
@@ -226,7 +226,7 @@ def cross_teacher_losses(logits_up, pseudo, ct_weight, ignore_label: int):
 
 def contrastive_classes(pred_small, conf_small, labels_small):
   """(class, supervising confidence) of each pixel for each student's contrastive terms
-  (SPEC 5): [S, 2B, h, w] each, the halves joined as the students' outputs are
+  (Eqs. 6-8): [S, 2B, h, w] each, the halves joined as the students' outputs are
   (`join_halves`).
 
   Ground truth (confidence 1) on the labeled half; on the unlabeled half the pseudo-label
