@@ -185,6 +185,11 @@ def test_teacher_dropout_draws_differ_from_the_students(dropout_net):
 # Contrastive anchors and LC's class (CTC:944-984, contr_self_loss, contr_net_loss)
 
 
+def _cosine(a, b):
+  """[len(a), len(b)] cosine similarities, computed as the authors' kernels do."""
+  return (a @ b.T) / (np.linalg.norm(a, axis=1)[:, None] * np.linalg.norm(b, axis=1)[None])
+
+
 def _contr_self_loss(bank, rep, labels, mask, num_classes, temp):
   """CTC:576-624 in numpy (features [P, D], labels and mask [P])."""
   size = bank.shape[1]
@@ -197,9 +202,7 @@ def _contr_self_loss(bank, rep, labels, mask, num_classes, temp):
     neg = bank[[j for j in range(num_classes) if j != i]].reshape(-1, bank.shape[-1])
     feats = np.concatenate([bank[i], neg])
     r = rep[choice]
-    logits = (r @ feats.T) / (np.linalg.norm(r, axis=1)[:, None] *
-                              np.linalg.norm(feats, axis=1)[None]) / temp
-    logits = np.exp(logits)
+    logits = np.exp(_cosine(r, feats) / temp)
     down = logits[:, size:].sum(1, keepdims=True)
     pos = logits[:, :size]
     loss += (-np.log(pos / (pos + down + 1e-12) + 1e-12)).sum() / (size * len(r))
@@ -216,8 +219,7 @@ def _contr_net_loss(banks, rep_l, rep_r, labels, mask, num_classes, temp):
     class_count += 1
     neg = banks[[j for j in range(num_classes) if j != i]].reshape(-1, banks.shape[-1])
     a, p = rep_l[choice], rep_r[choice]
-    down = np.exp((a @ neg.T) / (np.linalg.norm(a, axis=1)[:, None] *
-                                 np.linalg.norm(neg, axis=1)[None]) / temp).sum(1)
+    down = np.exp(_cosine(a, neg) / temp).sum(1)
     pos = np.exp((a * p).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(p, axis=1))
                  / temp)
     loss += (-np.log(pos / (pos + down + 1e-12) + 1e-12)).sum() / len(a)
