@@ -1,15 +1,25 @@
-"""Shared config pieces: the CTT defaults of SPEC, each dataset's settings, and the one
-way to set keys.
+"""The machinery every config shares: every key with its default, the two recipes, and the
+one way to set keys.
 
-Every `configs/<dataset>.py:get_config(arg)` starts from `base_config()`, applies the
-dataset's settings (`DATASETS`), its own settings, then the overrides of `arg`:
+A dataset config (`configs/cityscapes.py`, ...) writes the numbers of its experiment
+itself, big_vision style:
+
+    def get_config(arg=None):
+      split, recipe, overrides = common.parse_arg(arg, 'cityscapes', SPLITS, '1_30', 'authors')
+      c = common.base_config()   # every key, with the method's defaults
+      c.lr = 2.5e-4              # ... this experiment's numbers
+      common.apply_recipe(c, recipe, {'authors': AUTHORS})  # the dataset's rows of a recipe
+      return common.apply_overrides(c, overrides)
+
+The argument is the partition and `key=value` overrides:
 
     configs/cityscapes.py:1_8,method=mean_teacher,num_pairs=3,bank_size=512,phi=0.85
 
-The first comma-separated field without `=` is the partition; every `key=value` sets a
-config key (dotted keys reach nested dicts: `model.backbone=resnet50`). Values are parsed
-to the type of the existing key. All of it goes through `update`, which refuses unknown
-keys with the closest valid names; tests build their configs with it too.
+The first comma-separated field without `=` is the partition; `recipe=NAME` chooses the
+recipe, applied before the other overrides; every other `key=value` sets a config key
+(dotted keys reach nested dicts: `model.backbone=resnet50`). Values are parsed to the type
+of the existing key. All of it goes through `update`, which refuses unknown keys with the
+closest valid names; tests build their configs with it too.
 Importing this module loads neither TensorFlow nor jax (configs load in milliseconds).
 """
 from __future__ import annotations
@@ -22,7 +32,9 @@ import ml_collections
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """CTT with the paper's settings (SPEC "Losses", "Teachers", "Optimisation")."""
+  """Every config key, with CTT's defaults as this project reads the paper's text (its
+  losses, teachers, memory bank and the optimiser of section 4.1). A dataset config sets
+  its own experiment's numbers on top; tests and benchmarks start from this."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   # Which reading of the method the config starts from (`RECIPES`, docs/FIDELITY.md):
@@ -31,7 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
   # where it is applied before the other overrides; every row stays overridable.
   c.recipe = 'paper'
 
-  # --- method (SPEC "Methods") ---
+  # --- method: who teaches whom (the table in ctt_jax/methods.py) ---
   c.method = 'ctt'  # supervised|mean_teacher|mutual|dual_teacher|ctt|ensemble|self_training
   c.num_pairs = 2
   c.use_ct = True
@@ -72,7 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.lambda_ct = 1.0
   c.lambda_hc = 0.1
   c.lambda_lc = 0.1
-  # Memory bank (SPEC "Memory bank").
+  # Memory bank: one per pair, a FIFO queue of bank_size teacher features per class, filled
+  # from the labeled batch.
   c.bank_size = 128
   c.k_per_step = -1  # -1: by `bank_k_rule`
   # k when k_per_step is -1: 'per_labeled' max(1, N_L // N), or 'authors'
@@ -83,18 +96,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.bank_score = 'softmax'
   c.bank_min_score = 0.0
   c.contrastive_start_step = -1  # -1: contrastive terms start when every queue is full
-  c.bank_push = 'after_update'  # SPEC; 'before_update' = paper's Algorithm 1, cheaper;
+  # 'after_update': the bank is filled after the optimiser step and the EMA update, from the
+  # updated teachers; 'before_update' = the order of the paper's Algorithm 1, cheaper;
   # 'none' = never push (benchmarks/step_benchmark.py: the step without the bank)
+  c.bank_push = 'after_update'
   c.ema_decay = 0.99
   # The supervised method keeps an EMA copy of its student as teacher_0 (the network every
   # method is scored by); False: no EMA, no teachers, the student is scored (plain SGD).
   c.supervised_ema = True
   # Students run the labeled and the strong unlabeled batch as two passes ('separate', the
-  # authors' code) or one ('joint'); the same with frozen batch-norm (SPEC 3).
+  # authors' code) or one ('joint'); with frozen batch-norm the two give the same result.
   c.student_bn_passes = 'separate'
   # Run the n students as one vmapped network (stacked params) instead of n unrolled calls.
   c.vmap_pairs = False
-  # Strong view of the unlabeled images, done on device (SPEC item 3).
+  # Strong view of the unlabeled images (colour jitter, blur, ClassMix or CutMix), made
+  # inside the jitted step: the mix needs the teachers' predictions.
   c.strong_aug = ml_collections.ConfigDict()
   c.strong_aug.color_jitter_prob = 0.8
   c.strong_aug.brightness = 0.4
@@ -114,7 +130,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Self-training stage 2 reads its fixed teacher from the stage-1 (`supervised`) workdir.
   c.self_training_teacher_workdir = ''
 
-  # --- optimisation (SPEC "Optimisation and data") ---
+  # --- optimisation: SGD with momentum and poly decay (paper section 4.1); the weight decay
+  # and the head's 10x rate are the authors' code's (the paper does not give them) ---
   c.lr = 2.5e-4
   c.head_lr_mult = 10.0
   c.momentum = 0.9
@@ -141,7 +158,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = 'deeplabv2'  # deeplabv2|deeplabv3plus|tiny
   c.model.backbone = 'resnet101'
-  c.model.layout = 'caffe'  # torchvision|caffe|v1c
+  c.model.layout = 'caffe'  # torchvision|caffe|v1c|deepbase (docs/MODELS.md)
   c.model.output_stride = 8
   c.model.width_multiplier = 1.0
   c.model.width = 16  # `tiny` model only: channels of its first conv
@@ -228,22 +245,18 @@ def base_config() -> ml_collections.ConfigDict:
   # (ctt_jax/scaling.py); 'none' runs the config as written ---
   c.scaling = ml_collections.ConfigDict()
   c.scaling.rule = 'none'  # none|linear|sqrt: lr x B/B0 or sqrt(B/B0), steps x B0/B
-  c.scaling.base_batch_size = 2  # B0; the dataset's batch_size (apply_dataset_defaults)
+  c.scaling.base_batch_size = 2  # B0; each config sets its own batch_size here
 
   # Locked: a key that is not defined above cannot be added by mistake (a typo fails).
   c.lock()
   return c
 
 
-# The DeepLabV2 "caffe" checkpoints (converted with --bgr-to-rgb) expect 0..255 inputs minus
-# the Caffe mean, not divided by a std: the paper configs default to that scaling.
-CAFFE_INPUT = {'image_mean': (0.48108, 0.45753, 0.40787), 'image_std': (1 / 255,) * 3}
-
-
 # The two readings of the method, each a set of rows (docs/FIDELITY.md lists every row with
 # the authors' file and line). 'paper' is base_config() itself; 'authors' is what their
 # released code (first upload, with HC and LC at 0.1) trains. A dataset config adds its own
-# rows of a recipe (input scaling, augmentation, evaluation) with `recipe_settings`.
+# rows of a recipe (input scaling, augmentation, evaluation), applied after these
+# (`apply_recipe`).
 RECIPES = {
     'paper': {},
     'authors': {
@@ -366,21 +379,13 @@ def split_arg(arg: str | None) -> tuple[str | None, list[str]]:
   return (positional[0] if positional else None), overrides
 
 
-# The authors' code's rows of VOC (both protocols). Their loaders (data/voc_dataset.py)
-# draw the scale `0.5 + random.randint(0, 11) / 10`, subtract the Caffe mean from the BGR
-# image and reverse it to RGB: the network reads R, G, B minus the mean below (the
-# unrounded CAFFE_INPUT mean).
-VOC_AUTHORS = {'data.scale_range': (0.5, 1.6), 'data.scale_step': 0.1,
-               'image_channel_order': 'rgb',
-               'image_mean': (122.67891434 / 255, 116.66876762 / 255, 104.00698793 / 255),
-               # evaluateSSL.py pads val images to 505x505.
-               'data.eval_size': (505, 505)}
-
 # PASCAL VOC 2012, both protocols (aug and classic differ in their partitions only).
 _VOC = {'num_classes': 21, 'batch_size': 10, 'data.resize': (0, 0),
         'data.crop_size': (321, 321), 'data.scale_range': (0.5, 1.5),
         'data.eval_size': (512, 512)}
-# Per-dataset settings (SPEC "Optimisation and data"); configs may override them.
+# Each dataset's data settings (and batch size), for code that builds a config without a
+# config file: tests and benchmarks (`apply_dataset_defaults`). The config files write
+# their own values, the same (tests/test_configs.py checks that they agree).
 DATASETS = {
     'cityscapes': {
         'num_classes': 19, 'batch_size': 2, 'data.split': '1_30',
@@ -388,7 +393,7 @@ DATASETS = {
         'data.scale_range': (1.0, 1.0), 'data.eval_protocol': 'paper'},
     'voc_aug': {**_VOC, 'data.split': '1_50'},
     'voc_classic': {**_VOC, 'data.split': '1_16'},
-    # CamVid at the 240x180 of ../shared/data/camvid; use (352, 480) crops at full size.
+    # CamVid at 240x180 (the SegNet copy); use (352, 480) crops at full size.
     'camvid': {
         'num_classes': 11, 'batch_size': 4, 'data.split': '1_8', 'data.resize': (0, 0),
         'data.crop_size': (176, 240), 'data.scale_range': (0.75, 1.25),
@@ -411,15 +416,11 @@ def apply_dataset_defaults(config: ml_collections.ConfigDict, dataset: str):
   return config
 
 
-def dataset_config(dataset: str, arg: str | None, splits: tuple[str, ...],
-                   default_split: str, settings: Mapping[str, Any] | None = None, *,
-                   default_recipe: str = 'paper',
-                   recipe_settings: Mapping[str, Mapping[str, Any]] | None = None
-                   ) -> ml_collections.ConfigDict:
-  """base_config() + the dataset's defaults + the recipe's rows + `settings` (dotted keys)
-  + the dataset's own rows of the recipe + the partition and overrides of `arg` (which
-  win). A `recipe=NAME` override of `arg` chooses the recipe before anything else."""
-  config = apply_dataset_defaults(base_config(), dataset)
+def parse_arg(arg: str | None, dataset: str, splits, default_split: str,
+              default_recipe: str = 'paper') -> tuple[str, str, list[str]]:
+  """(split, recipe, overrides) of a config argument: '1_8,recipe=paper,phi=0.8' ->
+  ('1_8', 'paper', ['phi=0.8']). An unknown recipe or split raises ValueError naming the
+  valid ones (`dataset` names the data in the message)."""
   split, overrides = split_arg(arg)
   recipe = default_recipe
   for item in [o for o in overrides if o.partition('=')[0].strip() == 'recipe']:
@@ -427,16 +428,22 @@ def dataset_config(dataset: str, arg: str | None, splits: tuple[str, ...],
     overrides.remove(item)
   if recipe not in RECIPES:
     raise ValueError(f'Unknown recipe {recipe!r}; valid: {", ".join(RECIPES)}.')
-  config.recipe = recipe
-  update(config, RECIPES[recipe])
-  update(config, settings or {})
-  update(config, (recipe_settings or {}).get(recipe, {}))
   split = split or default_split
   if split not in splits:
     raise ValueError(f'Unknown partition {split!r} for {dataset}; valid: '
                      f'{", ".join(splits)}.')
-  config.data.split = split
-  return apply_overrides(config, overrides)
+  return split, recipe, overrides
+
+
+def apply_recipe(config: ml_collections.ConfigDict, recipe: str,
+                 dataset_rows: Mapping[str, Mapping[str, Any]] | None = None
+                 ) -> ml_collections.ConfigDict:
+  """Sets config.recipe, then the recipe's rows of `RECIPES`, then the dataset's own rows of
+  it (`dataset_rows[recipe]`, dotted keys). Call it after the config's own settings and
+  before the overrides of the argument, which win. Returns config."""
+  config.recipe = recipe
+  update(config, RECIPES[recipe])
+  return update(config, (dataset_rows or {}).get(recipe, {}))
 
 
 def from_file(spec: str, root: str = '.') -> ml_collections.ConfigDict:

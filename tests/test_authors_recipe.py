@@ -62,7 +62,7 @@ def test_network_input_of_a_known_pixel_is_the_authors_loaders(name, reference):
 def test_cityscapes_paper_recipe_keeps_rgb_minus_the_caffe_mean():
   x = images.normalizer(get('cityscapes', 'recipe=paper'))(
       jnp.asarray(PIXEL_RGB / 255, jnp.float32))
-  # CAFFE_INPUT's mean has 5 decimals on [0, 1]: within 0.004 of the Caffe mean on 0..255.
+  # The config's Caffe mean has 5 decimals on [0, 1]: within 0.004 of the exact one on 0..255.
   np.testing.assert_allclose(np.asarray(x), PIXEL_RGB - CAFFE_MEAN_BGR[::-1], atol=4e-3)
 
 

@@ -1,11 +1,16 @@
-"""Every config builds (get_config + model init with abstract shapes, no data needed)."""
+"""Every config builds (get_config + model init with abstract shapes, no data needed), and
+each paper config's docstring gives the paper's mIoU and commands that build."""
 import importlib
+import os
+import shlex
 
 import jax
 import pytest
 
 from configs import common
-from ctt_jax import models, train_state
+from ctt_jax import config_validation, models, train_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CONFIGS = {
     'cityscapes': ('1_30', '1_16', '1_8', '1_4', '1_2', 'full'),
@@ -84,3 +89,54 @@ def test_a_recipe_sets_its_rows_before_the_other_overrides():
   assert cityscapes.get_config('1_8,hc_temperature=0.3,recipe=paper').hc_temperature == 0.3
   with pytest.raises(ValueError, match=r"Unknown recipe 'autors'; valid: paper, authors"):
     cityscapes.get_config('1_8,recipe=autors')
+
+
+# The paper's mIoU of CTT for each split: Cityscapes (Table 1), VOC aug (2), classic VOC (3).
+PAPER_MIOU = {
+    'cityscapes': ('Table 1', {'1_30': '59.53', '1_8': '64.04', '1_4': '65.83',
+                               '1_2': '67.83'}),
+    'voc_aug': ('Table 2', {'1_50': '69.24', '1_20': '72.02', '1_8': '73.66', '1_4': '75.07'}),
+    'voc_classic': ('Table 3', {'1_16': '64.00', '1_8': '71.05', '1_4': '72.36',
+                                '1_2': '76.13'}),
+}
+
+
+def _commands(doc):
+  """The `python main.py ...` commands of a docstring as argv lists (continuations joined)."""
+  lines = doc.replace('\\\n', ' ').splitlines()
+  return [shlex.split(line) for line in lines if line.strip().startswith('python main.py')]
+
+
+@pytest.mark.parametrize('name', sorted(PAPER_MIOU))
+def test_paper_config_docstring_gives_the_paper_miou_and_commands_that_build(name):
+  module = importlib.import_module(f'configs.{name}')
+  doc = module.__doc__
+  table, miou = PAPER_MIOU[name]
+  assert table in doc and 'No paper-scale run of ctt-jax exists yet' in doc
+  for split, value in miou.items():  # the split's row of the docstring's table
+    row = [line for line in doc.splitlines() if line.split()[:1] == [split]]
+    assert len(row) == 1 and value in row[0], (split, row)
+  assert all(split in doc for split in module.SPLITS)
+  recipes = set()
+  for argv in _commands(doc):
+    assert any(a.startswith('--workdir=') for a in argv), argv
+    spec = [a.partition('=')[2] for a in argv if a.startswith('--config=')]
+    config = common.from_file(spec[0], ROOT)  # as main.py's --config reads it
+    assert config.data.split in module.SPLITS
+    config_validation.validate(config, device_count=1, process_count=1)
+    recipes.add(config.recipe)
+  assert recipes == {'authors', 'paper'}  # the default recipe's command and recipe=paper
+
+
+@pytest.mark.parametrize('name, dataset', [
+    ('cityscapes', 'cityscapes'), ('voc_aug', 'voc_aug'), ('voc_classic', 'voc_classic'),
+    ('camvid', 'camvid'), ('demo', 'synthetic')])
+def test_each_config_writes_the_data_settings_tests_and_benchmarks_use(name, dataset):
+  """common.DATASETS builds data configs without a config file; the files agree with it."""
+  config = importlib.import_module(f'configs.{name}').get_config('recipe=paper')
+  expected = common.apply_dataset_defaults(common.base_config(), dataset)
+  for key in [*common.DATASETS[dataset], 'data.name', 'scaling.base_batch_size']:
+    node_c, node_e = config, expected
+    for part in key.split('.'):
+      node_c, node_e = node_c[part], node_e[part]
+    assert node_c == node_e, key
