@@ -4,7 +4,7 @@
     state, metrics = jax.jit(step)(state, batch, rng)
 
 Every stage is a module-level pure function with explicit arguments: pseudo-labels
-(`pseudo_labels`), strong view and mixing (`unlabeled_targets`, `strong_view.build`), each
+(`pseudo_labels`), strong view and mixing (`unlabeled_targets`, `strong_augment.build`), each
 loss term (`supervised_losses`, `cross_teacher_losses`, `high_level_terms`,
 `low_level_terms`), the EMA (`ema_decay`, `ema`) and the bank update (`push_banks`).
 What differs between methods comes from the method table (`ctt_jax.methods.Method`): who
@@ -21,14 +21,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ctt_jax import images as image_ops
+from ctt_jax import resize_normalize
 from ctt_jax import losses
 from ctt_jax import memory_bank
 from ctt_jax import methods as methods_lib
 from ctt_jax import metrics as metrics_lib
 from ctt_jax import optim
-from ctt_jax import stacked
-from ctt_jax import strong_view
+from ctt_jax import stacked_networks
+from ctt_jax import strong_augment
 from ctt_jax.train_state import TrainState
 
 PyTree = Any
@@ -99,8 +99,8 @@ def split_halves(joined, axis: int):
 def pseudo_labels(logits, valid, ignore_label: int, convention: str = 'half_pixel'):
   """Softmax, confidence and class of n networks at input size, the ignore label outside
   `valid`. logits: [n, B, h, w, C]; valid: bool [B, H, W]."""
-  probs = jax.nn.softmax(image_ops.upsample_bilinear(logits, valid.shape[-2:], convention),
-                         axis=-1)
+  logits_up = resize_normalize.upsample_bilinear(logits, valid.shape[-2:], convention)
+  probs = jax.nn.softmax(logits_up, axis=-1)
   conf = probs.max(-1)  # [n, B, H, W]
   pred = jnp.where(valid[None], probs.argmax(-1), ignore_label)
   return probs, conf, pred
@@ -145,7 +145,7 @@ def strong_views(rng, images_01, probs, valid, *, teachers_of, config):
   networks that teach it, with its own jitter/blur draws; returns (images [S, B, H, W, 3],
   masks [S, B, H, W]).
   """
-  build = functools.partial(strong_view.build, kind=config.unlabeled_aug,
+  build = functools.partial(strong_augment.build, kind=config.unlabeled_aug,
                             aug=config.strong_aug, num_classes=config.num_classes,
                             classes_rounding=config.classmix_classes)
   num_students = len(teachers_of)
@@ -163,7 +163,7 @@ def strong_views(rng, images_01, probs, valid, *, teachers_of, config):
 def mix_for_students(masks, values, teachers_of):
   """Each student's supervising maps, mixed by its mask: [S, m, B, H, W], entry [k, i] =
   values[teachers_of[k][i]] mixed by masks[k]. values: [n, B, H, W]; masks: [S, B, H, W]."""
-  return jnp.stack([strong_view.mix_stacked(masks[k], values[np.asarray(t)])
+  return jnp.stack([strong_augment.mix_stacked(masks[k], values[np.asarray(t)])
                     for k, t in enumerate(teachers_of)])
 
 
@@ -182,7 +182,7 @@ def unlabeled_targets(pseudo_out, images_01, valid, rng, *, teachers_of, config,
                                     config.resize_convention)
   strong, masks = strong_views(rng, images_01, probs, valid, teachers_of=teachers_of,
                                config=config)
-  valid_mix = jax.vmap(strong_view.mix, in_axes=(0, None))(masks, valid)[:, None]
+  valid_mix = jax.vmap(strong_augment.mix, in_axes=(0, None))(masks, valid)[:, None]
   pseudo = jnp.where(valid_mix, mix_for_students(masks, pred, teachers_of), ignore)
   pseudo_conf = jnp.where(valid_mix, mix_for_students(masks, conf, teachers_of), 0.0)
   ct_weight = ct_pixel_weights(pseudo_conf, valid_mix, config.ct_confidence_threshold,
@@ -300,7 +300,7 @@ def contrastive_losses(logits, feats, targets, banks, step, *, method, config):
   """([gated, weighted HC, LC], metrics) for the students' outputs; the caller adds the
   terms to the loss one by one (Eq. 10's order)."""
   size = logits.shape[-3:-1]
-  resize = functools.partial(image_ops.resize_labels_nearest, size=size,
+  resize = functools.partial(resize_normalize.resize_labels_nearest, size=size,
                              convention=config.resize_convention)
   probs = jax.lax.stop_gradient(jax.nn.softmax(logits, axis=-1))
   conf = probs.max(-1)  # [n, 2B, h, w]
@@ -340,7 +340,7 @@ def run_students(params, batch_stats, x_labeled, x_strong, dropout_rng, *, model
   and pass draws its own dropout masks from `dropout_rng`. x_strong is one view for all
   students [B, H, W, 3] or one per student [S, B, H, W, 3] (`strong_views`).
   """
-  apply = functools.partial(stacked.apply, model, train=True, how=pairs_layout(config))
+  apply = functools.partial(stacked_networks.apply, model, train=True, how=pairs_layout(config))
   per_student = x_strong is not None and x_strong.ndim == x_labeled.ndim + 1
   if x_strong is None or config.student_bn_passes == 'joint':
     if x_strong is None:
@@ -368,8 +368,8 @@ def loss_fn(params, batch_stats, banks, step, x_labeled, x_strong, targets, drop
   out, new_stats = run_students(params, batch_stats, x_labeled, x_strong, dropout_rng,
                                 model=model, config=config)
   logits, feats = out['logits'], out['features']  # [n, B|2B, h, w, ...]
-  logits_up = image_ops.upsample_bilinear(logits, targets['labels'].shape[-2:],
-                                          config.resize_convention)
+  logits_up = resize_normalize.upsample_bilinear(logits, targets['labels'].shape[-2:],
+                                                 config.resize_convention)
   if method.semi_supervised:
     logits_l, logits_u = split_halves(logits_up, axis=1)
   else:
@@ -422,7 +422,7 @@ def push_banks(banks, teacher_out, labels, *, k: int, config):
   """
   logits, feats = teacher_out['logits'], teacher_out['features']
   n, (h, w) = logits.shape[0], logits.shape[-3:-1]
-  gt = image_ops.resize_labels_nearest(labels, (h, w), config.resize_convention)  # [B, h, w]
+  gt = resize_normalize.resize_labels_nearest(labels, (h, w), config.resize_convention)  # [B, h, w]
   if config.bank_score == 'softmax':
     score = jax.nn.softmax(logits, axis=-1).max(-1)
   elif config.bank_score == 'logit':
@@ -442,8 +442,8 @@ def push_banks(banks, teacher_out, labels, *, k: int, config):
 
 def predict_eval_mode(model, params, batch_stats, images, config):
   """Outputs of stacked networks in eval mode (running statistics), no gradient."""
-  out, _ = stacked.apply(model, params, batch_stats, images, train=False,
-                         how=pairs_layout(config))
+  out, _ = stacked_networks.apply(model, params, batch_stats, images, train=False,
+                                  how=pairs_layout(config))
   return jax.lax.stop_gradient(out)
 
 
@@ -458,8 +458,8 @@ def teach(model, params, batch_stats, images, rng, config):
   if config.teacher_mode == 'eval':
     return predict_eval_mode(model, params, batch_stats, images, config)
   if config.teacher_mode == 'train':
-    out, _ = stacked.apply(model, params, batch_stats, images, train=True,
-                           how=pairs_layout(config), dropout_rng=rng)
+    out, _ = stacked_networks.apply(model, params, batch_stats, images, train=True,
+                                    how=pairs_layout(config), dropout_rng=rng)
     return jax.lax.stop_gradient(out)
   raise ValueError(f'Unknown teacher_mode {config.teacher_mode!r}; valid: '
                    f'{", ".join(TEACHER_MODES)}.')
@@ -508,8 +508,8 @@ def train_step(state: TrainState, batch: dict[str, Any], rng, *, model,
   view_rng, dropout_rng = jax.random.split(rng)
   # Dropout of the teachers in train mode: one key for the pseudo-labels, one for the bank.
   pseudo_rng, bank_rng = jax.random.fold_in(rng, 2), jax.random.fold_in(rng, 3)
-  unit = image_ops.to_unit_range
-  norm = image_ops.normalizer(config)
+  unit = resize_normalize.to_unit_range
+  norm = resize_normalize.normalizer(config)
   x_l, labels = norm(unit(batch['labeled']['image'])), batch['labeled']['label'].astype(
       jnp.int32)
   targets, x_strong, banks, metrics = {'labels': labels}, None, state.banks, {}
