@@ -28,7 +28,7 @@ from configs.common import base_config
 from ctt_jax import optim
 from ctt_jax.models import convert, get_model, weights
 from ctt_jax.models.ctt_head import CTTHead, group_norm_groups
-from ctt_jax.models.testing import random_variables
+from tests.random_variables import random_variables
 from tests.test_models import model_config, shapes_of
 
 torch = pytest.importorskip('torch')
