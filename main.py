@@ -20,11 +20,10 @@ import os
 import re
 import sys
 
-from ctt_jax import libtpu_flags
-from ctt_jax import xla_cpu_flags
+from ctt_jax import backend_flags
 
-xla_cpu_flags.add_defaults()  # before jax starts its CPU backend (no effect on GPU/TPU)
-libtpu_flags.add_defaults()  # before jax starts libtpu (v6e compiles; no graph changes)
+backend_flags.add_xla_cpu_defaults()  # before jax starts its CPU backend (not read on GPU/TPU)
+backend_flags.add_libtpu_defaults()  # before jax starts libtpu (v6e compiles; no graph changes)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app

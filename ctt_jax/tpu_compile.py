@@ -25,11 +25,11 @@ import re
 import time
 from typing import Any, Optional
 
-from ctt_jax import libtpu_flags
+from ctt_jax import backend_flags
 
 # libtpu reads LIBTPU_INIT_ARGS once, when it starts: set its defaults before any user of
 # this module (CI's check, the compile table) starts it (main.py has done so already).
-libtpu_flags.add_defaults()
+backend_flags.add_libtpu_defaults()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
