@@ -1,6 +1,6 @@
 """Where a finished run's pseudo-labels go wrong, and what each CT weighting makes of it.
 
-    python scripts/pseudo_label_diagnostic.py --workdir=/work/camvid_grid/p0_s0/ctt \
+    python experiments/camvid/pseudo_label_diagnostic.py --workdir=workdirs/camvid_grid/p0_s0/ctt \
         --config='configs/camvid.py:1_8,method=ctt,data.partition_seed=0,seed=0' [--step=N]
 
 Restores a checkpoint (the latest, or `--step`), runs every teacher in eval mode on the
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import common

@@ -1,6 +1,6 @@
 """How the contrastive features of a finished run sit against its memory banks.
 
-    python scripts/contrastive_diagnostic.py --workdir=/work/camvid_grid/p0_s0/ctt \
+    python experiments/camvid/contrastive_diagnostic.py --workdir=workdirs/camvid_grid/p0_s0/ctt \
         --config='configs/camvid.py:1_8,method=ctt,data.partition_seed=0,seed=0'
 
 Restores the latest checkpoint, runs every student and teacher on the first val batch
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import common
