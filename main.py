@@ -45,7 +45,7 @@ config_flags.DEFINE_config_file('config', None, 'Config file[:partition,key=valu
 flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and eval JSON go.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'compile'], 'What to do.')
 flags.DEFINE_string('topology', None, '--mode=compile: a Cloud TPU slice, e.g. v5e:2x4 or '
-                    'v4-8 (needs the venv of scripts/setup_tpu_compile_env.sh).')
+                    'v4-8 (needs the venv of tools/setup_tpu_compile_env.sh).')
 flags.DEFINE_string('input', None, '--mode=predict: a folder of images.')
 flags.DEFINE_string('output', None, '--mode=predict: where the PNGs go.')
 flags.DEFINE_string('network', '', '--mode=predict: student_k, teacher_k or ensemble.')

@@ -17,7 +17,7 @@ from tests import fake_devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location(
-    'tpu_compile_table', os.path.join(ROOT, 'scripts', 'tpu_compile_table.py'))
+    'tpu_compile_table', os.path.join(ROOT, 'tools', 'tpu_compile_table.py'))
 table = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(table)
 

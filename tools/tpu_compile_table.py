@@ -1,11 +1,11 @@
 """The TPU compile table: HBM, FLOPs and roofline of the paper configs on Cloud TPU slices.
 
-    bash scripts/setup_tpu_compile_env.sh                       # once: the libtpu venv
-    nice -n 19 /work/tpu-venv/bin/python scripts/tpu_compile_table.py [--rows=main]
+    bash tools/setup_tpu_compile_env.sh                 # once: the libtpu venv, .tpu-venv
+    nice -n 19 .tpu-venv/bin/python tools/tpu_compile_table.py [--rows=main]
 
 Compiles each row (config, method, dtype, remat, per-chip batch, topology) with
 `ctt_jax.tpu_compile.compile_report`, each in its own process, and appends it to
-`benchmarks/results/tpu_compile.json` (`{"rows": [...]}`) as soon as it finishes. Rows
+`tools/results/tpu_compile.json` (`{"rows": [...]}`) as soon as it finishes. Rows
 already in the file are skipped, so a killed run resumes where it stopped. A ResNet-101
 step takes ~12 minutes to compile on a 2-core machine: order matters, the most useful rows
 come first.
@@ -51,7 +51,7 @@ from typing import Any, Iterable, Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # configs/ and ctt_jax/, imported where needed (ctt_jax: jax)
   sys.path.insert(0, ROOT)
-DEFAULT_OUTPUT = os.path.join(ROOT, 'benchmarks', 'results', 'tpu_compile.json')
+DEFAULT_OUTPUT = os.path.join(ROOT, 'tools', 'results', 'tpu_compile.json')
 CITYSCAPES = 'configs/cityscapes.py:1_30'
 VOC_AUG = 'configs/voc_aug.py:1_50'
 VOC_CLASSIC = 'configs/voc_classic.py:1_16'
@@ -60,7 +60,7 @@ MULTI_HOST = 'v5e:4x4'
 # What identifies a row: rerunning a row with these values equal is a skip.
 # Rows compiled before 2026-11-30 have no conv_impl: their model.conv_impl='auto' resolved on
 # the compiling CPU to the CPU's convolution graph (tpu_compile.as_on_tpu), so they are not
-# the TPU's step and compile again (they were moved to tpu_compile_superseded.json).
+# the TPU's step and compile again (every such row has been, with conv_impl 'xla').
 KEY_FIELDS = ('step', 'topology', 'config', 'method', 'dtype', 'remat', 'per_chip_batch',
               'overrides', 'conv_impl')
 
@@ -92,11 +92,11 @@ def main_rows() -> list[dict[str, Any]]:
   """The paper configs, breadth first: every slice and config once before any variant.
 
   A CTT row takes 10-55 minutes to compile on a shared 2-core machine, so the table is
-  filled over several sessions; this order makes every partial table cover the most.
+  filled over several runs; this order makes every partial table cover the most.
   """
   eight_chip = ('v5e:2x4', 'v4:2x2x1')
-  # 1. The issue's 'done when' rows: Cityscapes CTT on v5e-8 and v4-8 at one image + one
-  #    per chip (the baseline) and two + two in bfloat16.
+  # 1. The rows that answer first whether the paper's step fits: Cityscapes CTT on v5e-8
+  #    and v4-8 at one image + one per chip (the baseline) and two + two in bfloat16.
   rows = [row(CITYSCAPES, 'v5e:2x4', dtype='float32', per_chip_batch=1),
           row(CITYSCAPES, 'v5e:2x4', dtype='bfloat16', per_chip_batch=2),
           row(CITYSCAPES, 'v4:2x2x1', dtype='bfloat16', per_chip_batch=2)]
@@ -630,8 +630,8 @@ def selection(configs: str, topologies: str):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--rows', default='main',
-                      help='main, slopes, scaling, search, v6e, demo; comma-separated, run '
-                      'in that order')
+                      help='main, slopes, scaling, search, v6e, mesh, demo; comma-separated, '
+                      'run in that order')
   parser.add_argument('--output', default=DEFAULT_OUTPUT)
   parser.add_argument('--configs', default='',
                       help='comma-separated substrings of the config path; only their rows')
