@@ -9,7 +9,8 @@ loss term (`supervised_losses`, `cross_teacher_losses`, `high_level_terms`,
 `low_level_terms`), the EMA (`ema_decay`, `ema`) and the bank update (`push_banks`).
 What differs between methods comes from the method table (`ctt_jax.methods.Method`): who
 teaches whom, whether teachers follow by EMA, when the bank is pushed.
-SPEC items are cited as "SPEC n"; the comments of `train_step` number Algorithm 1's stages.
+Equations are cited by their number in the paper; the comments of `train_step` number
+Algorithm 1's stages.
 """
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def split_halves(joined, axis: int):
 
 
 # ----------------------------------------------------------------------------------------
-# Pseudo-labels and the strong view (SPEC 2, 3)
+# Pseudo-labels (Eqs. 3-4) and the strong view of the unlabeled batch
 # ----------------------------------------------------------------------------------------
 
 
@@ -200,18 +201,18 @@ def unlabeled_targets(pseudo_out, images_01, valid, rng, *, teachers_of, config,
 
 
 # ----------------------------------------------------------------------------------------
-# Loss terms (SPEC 1, 4-9)
+# Loss terms (Eqs. 2 and 5-10)
 # ----------------------------------------------------------------------------------------
 
 
 def supervised_losses(logits_up, labels, ignore_label: int) -> list:
-  """L_sup of each student (SPEC 1): logits_up [n, B, H, W, C] on the labeled images."""
+  """L_sup of each student (Eq. 2): logits_up [n, B, H, W, C] on the labeled images."""
   return [losses.cross_entropy(logits_up[k], labels, ignore_label=ignore_label)
           for k in range(logits_up.shape[0])]
 
 
 def cross_teacher_losses(logits_up, pseudo, ct_weight, ignore_label: int):
-  """L_ct of each student (SPEC 4): mean CE against the networks that teach it.
+  """L_ct of each student (Eq. 5): mean CE against the networks that teach it.
 
   logits_up: [S, B, H, W, C] on the strong views; pseudo, ct_weight: [S, m, B, H, W],
   student k's maps from the m networks that teach it (`unlabeled_targets`).
@@ -256,7 +257,7 @@ def contrastive_anchors(student_conf, teacher_conf, has_class, *, rule: str, phi
 
 
 def high_level_terms(feats, classes, quality, banks, bank_valid, temperature: float):
-  """Σ_k HC_k (SPEC 7): student k's confident pixels against its own teacher's bank."""
+  """Σ_k HC_k (Eq. 6): student k's confident pixels against its own teacher's bank."""
   return sum(losses.high_level_contrastive(feats[k], classes[k], quality[k], banks.feats[k],
                                            temperature, bank_valid=bank_valid[k])
              for k in range(feats.shape[0]))
@@ -264,7 +265,7 @@ def high_level_terms(feats, classes, quality, banks, bank_valid, temperature: fl
 
 def low_level_terms(feats, classes, quality, has_class, conf, banks, bank_valid,
                     temperature: float, directional: bool, peer_classes=None):
-  """(Σ_k LC_k, mean mask fraction) (SPEC 8): unsure pixels of student k learn from each
+  """(Σ_k LC_k, mean mask fraction) (Eqs. 8-9): unsure pixels of student k learn from each
   peer l's feature at the same pixel; negatives from all banks. peer_classes [n, 2B, h, w]:
   with `lc_class='peer_student'`, the anchor's class is peer l's own prediction there."""
   n = feats.shape[0]
@@ -286,7 +287,8 @@ def low_level_terms(feats, classes, quality, has_class, conf, banks, bank_valid,
 
 
 def contrastive_gate(banks, step, start_step: int):
-  """1.0 once every queue of every bank is full (SPEC 9), or from `start_step` (>= 0)."""
+  """1.0 once every queue of every bank is full, or from `start_step` (>= 0): HC and LC
+  count in Eq. 10 only then (an empty queue has no entries to contrast with)."""
   gate = memory_bank.is_full(banks)
   if start_step >= 0:
     gate = gate | (step >= start_step)
@@ -330,8 +332,8 @@ def contrastive_losses(logits, feats, targets, banks, step, *, method, config):
 
 
 def run_students(params, batch_stats, x_labeled, x_strong, dropout_rng, *, model, config):
-  """Students in train mode on the labeled and the strong unlabeled batch (SPEC 3):
-  (outputs [n, B|2B, ...], new batch_stats).
+  """Students in train mode on the labeled and the strong (mixed, jittered, blurred)
+  unlabeled batch: (outputs [n, B|2B, ...], new batch_stats).
 
   `student_bn_passes='separate'` runs the two batches as two passes, as the authors'
   code does: with trained batch-norm each is normalised by its own statistics, and the
@@ -394,7 +396,7 @@ def loss_fn(params, batch_stats, banks, step, x_labeled, x_strong, targets, drop
 
 
 # ----------------------------------------------------------------------------------------
-# Teachers and banks (SPEC "Teachers", "Memory bank")
+# Teachers (EMA of the students) and memory banks (one per pair)
 # ----------------------------------------------------------------------------------------
 
 
@@ -413,7 +415,9 @@ BANK_SCORES = ('softmax', 'logit')
 
 
 def push_banks(banks, teacher_out, labels, *, k: int, config):
-  """Teacher k's confident labeled features into bank k (SPEC "Memory bank").
+  """Teacher k's confident labeled features into bank k (the paper's Feature Selection
+  Criteria, section 3.3: from the EMA teacher, labeled pixels it predicts correctly, the
+  most confident first).
 
   teacher_out: {'logits': [n, B, h, w, C], 'features': [n, B, h, w, D]} on the weak
   labeled batch; labels: [B, H, W]. Candidates are pixels the teacher predicts correctly
@@ -469,8 +473,8 @@ def update_networks_and_banks(state: TrainState, grads, new_stats, banks, x_labe
                               labels, teacher_rng, *, model, method, tx, config,
                               bank_k) -> TrainState:
   """Algorithm 1's stages 6-7: SGD update of the students, EMA teachers (fixed teachers are
-  left as they are), then, in SPEC's order, the updated teachers' labeled features into
-  the banks."""
+  left as they are), then the updated teachers' labeled features into the banks (after
+  the EMA update, so that the banks hold the features of the teachers of this step)."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = jax.tree.map(lambda p, u: p + u, state.params, updates)
   teacher_params, teacher_stats = state.teacher_params, state.teacher_batch_stats
