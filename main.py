@@ -20,11 +20,10 @@ import os
 import re
 import sys
 
-from ctt_jax import libtpu_flags
-from ctt_jax import xla_cpu_flags
+from ctt_jax import backend_flags
 
-xla_cpu_flags.add_defaults()  # before jax starts its CPU backend (no effect on GPU/TPU)
-libtpu_flags.add_defaults()  # before jax starts libtpu (v6e compiles; no graph changes)
+backend_flags.add_xla_cpu_defaults()  # before jax starts its CPU backend (not read on GPU/TPU)
+backend_flags.add_libtpu_defaults()  # before jax starts libtpu (v6e compiles; no graph changes)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
@@ -46,7 +45,7 @@ config_flags.DEFINE_config_file('config', None, 'Config file[:partition,key=valu
 flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and eval JSON go.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'compile'], 'What to do.')
 flags.DEFINE_string('topology', None, '--mode=compile: a Cloud TPU slice, e.g. v5e:2x4 or '
-                    'v4-8 (needs the venv of scripts/setup_tpu_compile_env.sh).')
+                    'v4-8 (needs the venv of tools/setup_tpu_compile_env.sh).')
 flags.DEFINE_string('input', None, '--mode=predict: a folder of images.')
 flags.DEFINE_string('output', None, '--mode=predict: where the PNGs go.')
 flags.DEFINE_string('network', '', '--mode=predict: student_k, teacher_k or ensemble.')

@@ -18,7 +18,7 @@ import numpy as np
 from benchmarks import load_guard as lg
 from configs import cityscapes
 from ctt_jax import models, optim, train_state, train_step
-from ctt_jax.models.testing import random_variables
+from tests.random_variables import random_variables
 
 NUM_LABELED = 100  # Cityscapes 1_30: bank k = max(1, 100 // 128) = 1 per class and step
 BATCH = 2

@@ -28,8 +28,8 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # What main.py runs with (ctt_jax/xla_cpu_flags.py); a flag set in XLA_FLAGS wins.
-from ctt_jax import xla_cpu_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
-xla_cpu_flags.add_defaults()
+from ctt_jax import backend_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+backend_flags.add_xla_cpu_defaults()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import load_guard as lg  # standard library only

@@ -19,7 +19,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ctt_jax import images as image_ops
+from ctt_jax import resize_normalize as image_ops
 from ctt_jax import losses
 from ctt_jax import methods as methods_lib
 from ctt_jax import optim

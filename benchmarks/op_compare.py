@@ -120,8 +120,8 @@ GUARD.enforce_priority('start')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from ctt_jax import xla_cpu_flags
-xla_cpu_flags.add_defaults()
+from ctt_jax import backend_flags
+backend_flags.add_xla_cpu_defaults()
 
 import jax
 import torch

@@ -86,8 +86,8 @@ GUARD = LoadGuard(ARGS.others_threshold, ARGS.priority)
 GUARD.enforce_priority('start')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # What main.py runs with (ctt_jax/xla_cpu_flags.py); a flag set in XLA_FLAGS wins.
-from ctt_jax import xla_cpu_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
-xla_cpu_flags.add_defaults()
+from ctt_jax import backend_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+backend_flags.add_xla_cpu_defaults()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 # pylint: disable=g-import-not-at-top,wrong-import-position

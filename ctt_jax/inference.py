@@ -21,10 +21,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ctt_jax import images as image_ops
+from ctt_jax import resize_normalize
 from ctt_jax import methods as methods_lib
 from ctt_jax import metrics
-from ctt_jax import stacked
+from ctt_jax import stacked_networks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,14 +60,15 @@ def settings_from_config(config: ml_collections.ConfigDict) -> Settings:
 
 
 def _normalized(images_uint8, settings: Settings):
-  return image_ops.normalize(image_ops.to_unit_range(images_uint8), settings.image_mean,
-                             settings.image_std, settings.image_channel_order)
+  return resize_normalize.normalize(resize_normalize.to_unit_range(images_uint8),
+                                    settings.image_mean, settings.image_std,
+                                    settings.image_channel_order)
 
 
 def _logits_at(model, variables, x, size):
   """float32 [B, *size, C]: eval-mode logits (running BN stats) upsampled to `size`."""
   logits = model.apply(variables, x, train=False)['logits'].astype(jnp.float32)
-  return image_ops.upsample_bilinear(logits, size)
+  return resize_normalize.upsample_bilinear(logits, size)
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:
@@ -129,7 +130,7 @@ def stacked_predictions(settings: Settings, model, params, batch_stats, x, with_
     probs = _as_probs(settings, scores) if with_mean else None
     return jnp.argmax(scores, axis=-1).astype(jnp.int32), probs
 
-  preds, probs = stacked.map_networks(
+  preds, probs = stacked_networks.map_networks(
       one, {'params': params, 'batch_stats': batch_stats}, how='scan')
   mean_pred = jnp.argmax(probs.sum(0), axis=-1).astype(jnp.int32) if with_mean else None
   return preds, mean_pred
@@ -168,8 +169,8 @@ def eval_step(state, batch, *, settings: Settings, model):
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _predict_one(settings, model, params, batch_stats, k, images_uint8):
   # k is traced: every student and teacher shares one compiled function.
-  variables = {'params': stacked.tree_index(params, k),
-               'batch_stats': stacked.tree_index(batch_stats, k)}
+  variables = {'params': stacked_networks.tree_index(params, k),
+               'batch_stats': stacked_networks.tree_index(batch_stats, k)}
   scores = network_scores(settings, model, variables, _normalized(images_uint8, settings))
   return jnp.argmax(scores, axis=-1).astype(jnp.int32)
 

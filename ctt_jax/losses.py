@@ -1,4 +1,5 @@
-"""Loss kernels of CTT, vectorised over pixels and memory-bank entries (SPEC "Losses").
+"""Loss kernels of CTT (cross-entropy, the paper's Eq. 1; HC, Eq. 6; LC, Eq. 8), vectorised
+over pixels and memory-bank entries.
 
 All kernels take pixel tensors of any leading shape (`[...]`), flatten them, and use masks
 instead of boolean indexing so shapes stay static under jit. Log-ratios are computed with
@@ -83,7 +84,7 @@ def _negative_logsumexp(per_class_lse, labels):
 
 def high_level_contrastive(feats, labels, mask, bank_feats, temperature: float,
                            *, bank_valid=None):
-  """HC loss (SPEC item 7, paper Eq. 6) of one student against its teacher's bank.
+  """HC loss (paper Eq. 6) of one student against its teacher's bank.
 
   For anchor i of class c and every valid entry e+ of queue c:
     l(i, e+) = -log(exp(s(i,e+)) / (exp(s(i,e+)) + Σ_{e- of the other classes} exp(s(i,e-))))
@@ -122,7 +123,7 @@ def high_level_contrastive(feats, labels, mask, bank_feats, temperature: float,
 
 def low_level_contrastive(feats, peer_feats, labels, mask, banks_feats, temperature: float,
                           *, bank_valid=None):
-  """LC loss (SPEC item 8, paper Eq. 8) of one student against one peer.
+  """LC loss (paper Eq. 8) of one student against one peer.
 
   Positive of anchor i = the peer's feature at the same pixel (no gradient); negatives = the
   entries of every other class in all banks.

@@ -1,6 +1,6 @@
 """Per-class FIFO memory bank of confident labeled features, as a fixed-shape ring buffer.
 
-SPEC "Memory bank": one bank per student-teacher pair, `feats [C, N, D]`, a write pointer
+One bank per student-teacher pair, `feats [C, N, D]`, a write pointer
 and a fill count per class. `push` selects up to `k` candidates per class (highest score
 first, ranked in two stages so that a batch-sharded candidate row is not gathered whole)
 and writes them at the pointer, wrapping. All shapes are static and the writes are

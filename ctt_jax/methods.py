@@ -1,11 +1,12 @@
-"""The method table: what differs between SPEC's methods, decided once from the config.
+"""The method table: what differs between CTT and the paper's baselines (Table 5), decided
+once from the config.
 
     method = methods.from_config(config)
     method.teachers_of[k]    # which networks' pseudo-labels supervise student k on xu
     method.network_names()   # what evaluation scores
 
 The step, the training loop and evaluation read a `Method`; no other module compares
-method names. A row of `TABLE` says, for one method of SPEC's table:
+method names. A row of `TABLE` says, for one method:
 - `teaches`: who teaches student k on unlabeled data: nobody, its own teacher, the other
   pairs' networks, or all of them;
 - `pseudo_labels_from`: whose predictions those are: the EMA teachers, the students

@@ -1,4 +1,5 @@
-"""Segmentation metrics: confusion matrices, IoU, and their JSON (SPEC "Evaluation").
+"""Segmentation metrics: confusion matrices over the whole val set, per-class IoU and mIoU
+(the ignore label excluded), and their JSON.
 
     results = evaluate(eval_step, state, batches, method.network_names(), num_classes)
     results['teacher_0']['miou'], results['best']

@@ -12,7 +12,7 @@ _BATCH_NORM_NAME = re.compile(r'(^|_)(bn|batchnorm|norm)', re.IGNORECASE)
 
 
 def poly_schedule(config: ml_collections.ConfigDict, base_lr: float) -> optax.Schedule:
-  """lr * (1 - step / total_steps) ** power (SPEC "Optimisation")."""
+  """lr * (1 - step / total_steps) ** power: the paper's poly decay (section 4.1)."""
   return optax.polynomial_schedule(
       init_value=base_lr, end_value=0.0, power=config.poly_power,
       transition_steps=max(int(config.total_steps), 1))

@@ -1,6 +1,6 @@
 """Compile the real train and eval steps for a Cloud TPU slice, on a machine without one.
 
-With libtpu installed (`requirements-tpu.txt`, its own venv: scripts/setup_tpu_compile_env.sh)
+With libtpu installed (`requirements-tpu.txt`, its own venv: tools/setup_tpu_compile_env.sh)
 `jax.experimental.topologies.get_topology_desc` describes the devices of a named slice, and
 `jit(...).lower(...).compile()` over a mesh of them runs the real TPU compiler. The
 executable's `memory_analysis()` gives the HBM each chip needs and `cost_analysis()` the
@@ -25,11 +25,11 @@ import re
 import time
 from typing import Any, Optional
 
-from ctt_jax import libtpu_flags
+from ctt_jax import backend_flags
 
 # libtpu reads LIBTPU_INIT_ARGS once, when it starts: set its defaults before any user of
 # this module (CI's check, the compile table) starts it (main.py has done so already).
-libtpu_flags.add_defaults()
+backend_flags.add_libtpu_defaults()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
@@ -148,7 +148,7 @@ def topology_devices(topology: Topology) -> list:
   """The compile-only devices of a slice (needs libtpu, not a TPU)."""
   if importlib.util.find_spec('libtpu') is None:
     raise CompileCheckError('Compiling for TPU needs libtpu, which this Python lacks: run '
-                            '`bash scripts/setup_tpu_compile_env.sh` and use that venv\'s '
+                            '`bash tools/setup_tpu_compile_env.sh` and use that venv\'s '
                             'python (docs/TPU.md).')
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   try:

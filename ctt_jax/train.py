@@ -31,7 +31,7 @@ from ctt_jax import models
 from ctt_jax import predict as predict_lib
 from ctt_jax import scaling
 from ctt_jax import sharding
-from ctt_jax import stacked
+from ctt_jax import stacked_networks
 from ctt_jax import train_state as state_lib
 from ctt_jax import train_step as step_lib
 from ctt_jax import visualize
@@ -441,7 +441,7 @@ def _start_writer(run: Run, datasets, state, step: int):
   if step == 0:
     writer.write_hparams({k: v for k, v in _flatten(run.config).items()
                           if isinstance(v, (int, float, str, bool))})
-    student = stacked.tree_index(jax.device_get(state.params), 0)
+    student = stacked_networks.tree_index(jax.device_get(state.params), 0)
     # The full table goes to TensorBoard's text tab; the log gets the count.
     writer.write_texts(0, {'parameters_of_one_student': '```\n' + (
         parameter_overview.get_parameter_overview(student)) + '\n```'})

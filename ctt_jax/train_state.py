@@ -14,7 +14,7 @@ import ml_collections
 
 from ctt_jax import memory_bank
 from ctt_jax import optim
-from ctt_jax.stacked import tree_index, tree_stack
+from ctt_jax.stacked_networks import tree_index, tree_stack
 
 PyTree = Any
 

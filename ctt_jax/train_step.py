@@ -4,12 +4,13 @@
     state, metrics = jax.jit(step)(state, batch, rng)
 
 Every stage is a module-level pure function with explicit arguments: pseudo-labels
-(`pseudo_labels`), strong view and mixing (`unlabeled_targets`, `strong_view.build`), each
+(`pseudo_labels`), strong view and mixing (`unlabeled_targets`, `strong_augment.build`), each
 loss term (`supervised_losses`, `cross_teacher_losses`, `high_level_terms`,
 `low_level_terms`), the EMA (`ema_decay`, `ema`) and the bank update (`push_banks`).
 What differs between methods comes from the method table (`ctt_jax.methods.Method`): who
 teaches whom, whether teachers follow by EMA, when the bank is pushed.
-SPEC items are cited as "SPEC n"; the comments of `train_step` number Algorithm 1's stages.
+Equations are cited by their number in the paper; the comments of `train_step` number
+Algorithm 1's stages.
 """
 from __future__ import annotations
 
@@ -21,14 +22,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ctt_jax import images as image_ops
+from ctt_jax import resize_normalize
 from ctt_jax import losses
 from ctt_jax import memory_bank
 from ctt_jax import methods as methods_lib
 from ctt_jax import metrics as metrics_lib
 from ctt_jax import optim
-from ctt_jax import stacked
-from ctt_jax import strong_view
+from ctt_jax import stacked_networks
+from ctt_jax import strong_augment
 from ctt_jax.train_state import TrainState
 
 PyTree = Any
@@ -92,15 +93,15 @@ def split_halves(joined, axis: int):
 
 
 # ----------------------------------------------------------------------------------------
-# Pseudo-labels and the strong view (SPEC 2, 3)
+# Pseudo-labels (Eqs. 3-4) and the strong view of the unlabeled batch
 # ----------------------------------------------------------------------------------------
 
 
 def pseudo_labels(logits, valid, ignore_label: int, convention: str = 'half_pixel'):
   """Softmax, confidence and class of n networks at input size, the ignore label outside
   `valid`. logits: [n, B, h, w, C]; valid: bool [B, H, W]."""
-  probs = jax.nn.softmax(image_ops.upsample_bilinear(logits, valid.shape[-2:], convention),
-                         axis=-1)
+  logits_up = resize_normalize.upsample_bilinear(logits, valid.shape[-2:], convention)
+  probs = jax.nn.softmax(logits_up, axis=-1)
   conf = probs.max(-1)  # [n, B, H, W]
   pred = jnp.where(valid[None], probs.argmax(-1), ignore_label)
   return probs, conf, pred
@@ -145,7 +146,7 @@ def strong_views(rng, images_01, probs, valid, *, teachers_of, config):
   networks that teach it, with its own jitter/blur draws; returns (images [S, B, H, W, 3],
   masks [S, B, H, W]).
   """
-  build = functools.partial(strong_view.build, kind=config.unlabeled_aug,
+  build = functools.partial(strong_augment.build, kind=config.unlabeled_aug,
                             aug=config.strong_aug, num_classes=config.num_classes,
                             classes_rounding=config.classmix_classes)
   num_students = len(teachers_of)
@@ -163,7 +164,7 @@ def strong_views(rng, images_01, probs, valid, *, teachers_of, config):
 def mix_for_students(masks, values, teachers_of):
   """Each student's supervising maps, mixed by its mask: [S, m, B, H, W], entry [k, i] =
   values[teachers_of[k][i]] mixed by masks[k]. values: [n, B, H, W]; masks: [S, B, H, W]."""
-  return jnp.stack([strong_view.mix_stacked(masks[k], values[np.asarray(t)])
+  return jnp.stack([strong_augment.mix_stacked(masks[k], values[np.asarray(t)])
                     for k, t in enumerate(teachers_of)])
 
 
@@ -182,7 +183,7 @@ def unlabeled_targets(pseudo_out, images_01, valid, rng, *, teachers_of, config,
                                     config.resize_convention)
   strong, masks = strong_views(rng, images_01, probs, valid, teachers_of=teachers_of,
                                config=config)
-  valid_mix = jax.vmap(strong_view.mix, in_axes=(0, None))(masks, valid)[:, None]
+  valid_mix = jax.vmap(strong_augment.mix, in_axes=(0, None))(masks, valid)[:, None]
   pseudo = jnp.where(valid_mix, mix_for_students(masks, pred, teachers_of), ignore)
   pseudo_conf = jnp.where(valid_mix, mix_for_students(masks, conf, teachers_of), 0.0)
   ct_weight = ct_pixel_weights(pseudo_conf, valid_mix, config.ct_confidence_threshold,
@@ -200,18 +201,18 @@ def unlabeled_targets(pseudo_out, images_01, valid, rng, *, teachers_of, config,
 
 
 # ----------------------------------------------------------------------------------------
-# Loss terms (SPEC 1, 4-9)
+# Loss terms (Eqs. 2 and 5-10)
 # ----------------------------------------------------------------------------------------
 
 
 def supervised_losses(logits_up, labels, ignore_label: int) -> list:
-  """L_sup of each student (SPEC 1): logits_up [n, B, H, W, C] on the labeled images."""
+  """L_sup of each student (Eq. 2): logits_up [n, B, H, W, C] on the labeled images."""
   return [losses.cross_entropy(logits_up[k], labels, ignore_label=ignore_label)
           for k in range(logits_up.shape[0])]
 
 
 def cross_teacher_losses(logits_up, pseudo, ct_weight, ignore_label: int):
-  """L_ct of each student (SPEC 4): mean CE against the networks that teach it.
+  """L_ct of each student (Eq. 5): mean CE against the networks that teach it.
 
   logits_up: [S, B, H, W, C] on the strong views; pseudo, ct_weight: [S, m, B, H, W],
   student k's maps from the m networks that teach it (`unlabeled_targets`).
@@ -256,7 +257,7 @@ def contrastive_anchors(student_conf, teacher_conf, has_class, *, rule: str, phi
 
 
 def high_level_terms(feats, classes, quality, banks, bank_valid, temperature: float):
-  """Σ_k HC_k (SPEC 7): student k's confident pixels against its own teacher's bank."""
+  """Σ_k HC_k (Eq. 6): student k's confident pixels against its own teacher's bank."""
   return sum(losses.high_level_contrastive(feats[k], classes[k], quality[k], banks.feats[k],
                                            temperature, bank_valid=bank_valid[k])
              for k in range(feats.shape[0]))
@@ -264,7 +265,7 @@ def high_level_terms(feats, classes, quality, banks, bank_valid, temperature: fl
 
 def low_level_terms(feats, classes, quality, has_class, conf, banks, bank_valid,
                     temperature: float, directional: bool, peer_classes=None):
-  """(Σ_k LC_k, mean mask fraction) (SPEC 8): unsure pixels of student k learn from each
+  """(Σ_k LC_k, mean mask fraction) (Eqs. 8-9): unsure pixels of student k learn from each
   peer l's feature at the same pixel; negatives from all banks. peer_classes [n, 2B, h, w]:
   with `lc_class='peer_student'`, the anchor's class is peer l's own prediction there."""
   n = feats.shape[0]
@@ -286,7 +287,8 @@ def low_level_terms(feats, classes, quality, has_class, conf, banks, bank_valid,
 
 
 def contrastive_gate(banks, step, start_step: int):
-  """1.0 once every queue of every bank is full (SPEC 9), or from `start_step` (>= 0)."""
+  """1.0 once every queue of every bank is full, or from `start_step` (>= 0): HC and LC
+  count in Eq. 10 only then (an empty queue has no entries to contrast with)."""
   gate = memory_bank.is_full(banks)
   if start_step >= 0:
     gate = gate | (step >= start_step)
@@ -300,7 +302,7 @@ def contrastive_losses(logits, feats, targets, banks, step, *, method, config):
   """([gated, weighted HC, LC], metrics) for the students' outputs; the caller adds the
   terms to the loss one by one (Eq. 10's order)."""
   size = logits.shape[-3:-1]
-  resize = functools.partial(image_ops.resize_labels_nearest, size=size,
+  resize = functools.partial(resize_normalize.resize_labels_nearest, size=size,
                              convention=config.resize_convention)
   probs = jax.lax.stop_gradient(jax.nn.softmax(logits, axis=-1))
   conf = probs.max(-1)  # [n, 2B, h, w]
@@ -330,8 +332,8 @@ def contrastive_losses(logits, feats, targets, banks, step, *, method, config):
 
 
 def run_students(params, batch_stats, x_labeled, x_strong, dropout_rng, *, model, config):
-  """Students in train mode on the labeled and the strong unlabeled batch (SPEC 3):
-  (outputs [n, B|2B, ...], new batch_stats).
+  """Students in train mode on the labeled and the strong (mixed, jittered, blurred)
+  unlabeled batch: (outputs [n, B|2B, ...], new batch_stats).
 
   `student_bn_passes='separate'` runs the two batches as two passes, as the authors'
   code does: with trained batch-norm each is normalised by its own statistics, and the
@@ -340,7 +342,7 @@ def run_students(params, batch_stats, x_labeled, x_strong, dropout_rng, *, model
   and pass draws its own dropout masks from `dropout_rng`. x_strong is one view for all
   students [B, H, W, 3] or one per student [S, B, H, W, 3] (`strong_views`).
   """
-  apply = functools.partial(stacked.apply, model, train=True, how=pairs_layout(config))
+  apply = functools.partial(stacked_networks.apply, model, train=True, how=pairs_layout(config))
   per_student = x_strong is not None and x_strong.ndim == x_labeled.ndim + 1
   if x_strong is None or config.student_bn_passes == 'joint':
     if x_strong is None:
@@ -368,8 +370,8 @@ def loss_fn(params, batch_stats, banks, step, x_labeled, x_strong, targets, drop
   out, new_stats = run_students(params, batch_stats, x_labeled, x_strong, dropout_rng,
                                 model=model, config=config)
   logits, feats = out['logits'], out['features']  # [n, B|2B, h, w, ...]
-  logits_up = image_ops.upsample_bilinear(logits, targets['labels'].shape[-2:],
-                                          config.resize_convention)
+  logits_up = resize_normalize.upsample_bilinear(logits, targets['labels'].shape[-2:],
+                                                 config.resize_convention)
   if method.semi_supervised:
     logits_l, logits_u = split_halves(logits_up, axis=1)
   else:
@@ -394,7 +396,7 @@ def loss_fn(params, batch_stats, banks, step, x_labeled, x_strong, targets, drop
 
 
 # ----------------------------------------------------------------------------------------
-# Teachers and banks (SPEC "Teachers", "Memory bank")
+# Teachers (EMA of the students) and memory banks (one per pair)
 # ----------------------------------------------------------------------------------------
 
 
@@ -413,7 +415,9 @@ BANK_SCORES = ('softmax', 'logit')
 
 
 def push_banks(banks, teacher_out, labels, *, k: int, config):
-  """Teacher k's confident labeled features into bank k (SPEC "Memory bank").
+  """Teacher k's confident labeled features into bank k (the paper's Feature Selection
+  Criteria, section 3.3: from the EMA teacher, labeled pixels it predicts correctly, the
+  most confident first).
 
   teacher_out: {'logits': [n, B, h, w, C], 'features': [n, B, h, w, D]} on the weak
   labeled batch; labels: [B, H, W]. Candidates are pixels the teacher predicts correctly
@@ -422,7 +426,7 @@ def push_banks(banks, teacher_out, labels, *, k: int, config):
   """
   logits, feats = teacher_out['logits'], teacher_out['features']
   n, (h, w) = logits.shape[0], logits.shape[-3:-1]
-  gt = image_ops.resize_labels_nearest(labels, (h, w), config.resize_convention)  # [B, h, w]
+  gt = resize_normalize.resize_labels_nearest(labels, (h, w), config.resize_convention)  # [B, h, w]
   if config.bank_score == 'softmax':
     score = jax.nn.softmax(logits, axis=-1).max(-1)
   elif config.bank_score == 'logit':
@@ -442,8 +446,8 @@ def push_banks(banks, teacher_out, labels, *, k: int, config):
 
 def predict_eval_mode(model, params, batch_stats, images, config):
   """Outputs of stacked networks in eval mode (running statistics), no gradient."""
-  out, _ = stacked.apply(model, params, batch_stats, images, train=False,
-                         how=pairs_layout(config))
+  out, _ = stacked_networks.apply(model, params, batch_stats, images, train=False,
+                                  how=pairs_layout(config))
   return jax.lax.stop_gradient(out)
 
 
@@ -458,8 +462,8 @@ def teach(model, params, batch_stats, images, rng, config):
   if config.teacher_mode == 'eval':
     return predict_eval_mode(model, params, batch_stats, images, config)
   if config.teacher_mode == 'train':
-    out, _ = stacked.apply(model, params, batch_stats, images, train=True,
-                           how=pairs_layout(config), dropout_rng=rng)
+    out, _ = stacked_networks.apply(model, params, batch_stats, images, train=True,
+                                    how=pairs_layout(config), dropout_rng=rng)
     return jax.lax.stop_gradient(out)
   raise ValueError(f'Unknown teacher_mode {config.teacher_mode!r}; valid: '
                    f'{", ".join(TEACHER_MODES)}.')
@@ -469,8 +473,8 @@ def update_networks_and_banks(state: TrainState, grads, new_stats, banks, x_labe
                               labels, teacher_rng, *, model, method, tx, config,
                               bank_k) -> TrainState:
   """Algorithm 1's stages 6-7: SGD update of the students, EMA teachers (fixed teachers are
-  left as they are), then, in SPEC's order, the updated teachers' labeled features into
-  the banks."""
+  left as they are), then the updated teachers' labeled features into the banks (after
+  the EMA update, so that the banks hold the features of the teachers of this step)."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = jax.tree.map(lambda p, u: p + u, state.params, updates)
   teacher_params, teacher_stats = state.teacher_params, state.teacher_batch_stats
@@ -508,8 +512,8 @@ def train_step(state: TrainState, batch: dict[str, Any], rng, *, model,
   view_rng, dropout_rng = jax.random.split(rng)
   # Dropout of the teachers in train mode: one key for the pseudo-labels, one for the bank.
   pseudo_rng, bank_rng = jax.random.fold_in(rng, 2), jax.random.fold_in(rng, 3)
-  unit = image_ops.to_unit_range
-  norm = image_ops.normalizer(config)
+  unit = resize_normalize.to_unit_range
+  norm = resize_normalize.normalizer(config)
   x_l, labels = norm(unit(batch['labeled']['image'])), batch['labeled']['label'].astype(
       jnp.int32)
   targets, x_strong, banks, metrics = {'labels': labels}, None, state.banks, {}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ctt_jax import config_validation
-from ctt_jax import images
+from ctt_jax import resize_normalize
 
 
 def get(name, arg=''):
@@ -55,12 +55,12 @@ def authors_voc_input(rgb):
     ('voc_aug', authors_voc_input),
     ('voc_classic', authors_voc_input)])
 def test_network_input_of_a_known_pixel_is_the_authors_loaders(name, reference):
-  x = images.normalizer(get(name))(jnp.asarray(PIXEL_RGB / 255, jnp.float32))
+  x = resize_normalize.normalizer(get(name))(jnp.asarray(PIXEL_RGB / 255, jnp.float32))
   np.testing.assert_allclose(np.asarray(x), reference(PIXEL_RGB), atol=1e-3)
 
 
 def test_cityscapes_paper_recipe_keeps_rgb_minus_the_caffe_mean():
-  x = images.normalizer(get('cityscapes', 'recipe=paper'))(
+  x = resize_normalize.normalizer(get('cityscapes', 'recipe=paper'))(
       jnp.asarray(PIXEL_RGB / 255, jnp.float32))
   # The config's Caffe mean has 5 decimals on [0, 1]: within 0.004 of the exact one on 0..255.
   np.testing.assert_allclose(np.asarray(x), PIXEL_RGB - CAFFE_MEAN_BGR[::-1], atol=4e-3)
@@ -69,11 +69,11 @@ def test_cityscapes_paper_recipe_keeps_rgb_minus_the_caffe_mean():
 def test_bgr_reverses_the_channels_after_normalising_and_unknown_orders_fail():
   x = jnp.asarray([[0.2, 0.5, 0.9]])
   mean, std = (0.1, 0.2, 0.3), (0.5, 0.5, 0.5)
-  rgb = images.normalize(x, mean, std, 'rgb')
-  np.testing.assert_allclose(images.normalize(x, mean, std, 'bgr'), rgb[:, ::-1])
+  rgb = resize_normalize.normalize(x, mean, std, 'rgb')
+  np.testing.assert_allclose(resize_normalize.normalize(x, mean, std, 'bgr'), rgb[:, ::-1])
   np.testing.assert_allclose(rgb, [[0.2, 0.6, 1.2]], atol=1e-6)
   with pytest.raises(ValueError, match=r"Unknown image_channel_order 'brg'; valid: rgb, bgr."):
-    images.normalize(x, mean, std, 'brg')
+    resize_normalize.normalize(x, mean, std, 'brg')
 
 
 def authors_eval_steps(num_labeled, batch_size, num_steps, every=10):

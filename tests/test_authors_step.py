@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from configs import common
-from ctt_jax import images as image_ops
-from ctt_jax import memory_bank, models, stacked, strong_view, train_step
+from ctt_jax import resize_normalize
+from ctt_jax import memory_bank, models, stacked_networks, strong_augment, train_step
 from ctt_jax.models import ctt_head
 from tests.train_helpers import tiny_config
 
@@ -95,8 +95,8 @@ def test_mix_then_jitter_jitters_the_mixed_image_as_one():
   valid = np.ones((2, 4, 4), bool)
   for order in ('mix_then_jitter', 'jitter_then_mix'):
     aug.order = order
-    out, m = strong_view.build(jax.random.key(5), images, probs, valid, kind='classmix',
-                               aug=aug, num_classes=2, classes_rounding='half_up')
+    out, m = strong_augment.build(jax.random.key(5), images, probs, valid, kind='classmix',
+                                  aug=aug, num_classes=2, classes_rounding='half_up')
     out, m = np.asarray(out), np.asarray(m)
     for i in range(2):
       own, pasted = out[i][m[i]], out[i][~m[i]]
@@ -111,16 +111,18 @@ def test_mix_then_jitter_jitters_the_mixed_image_as_one():
 def test_batch_coin_jitters_and_blurs_all_images_or_none():
   images = jax.random.uniform(jax.random.key(0), (16, 8, 8, 3))
   for seed in range(6):
-    out = strong_view.color_jitter(jax.random.key(seed), images, brightness=0.4, contrast=0.0,
-                                   saturation=0.0, hue=0.0, prob=0.5, coin='batch')
+    out = strong_augment.color_jitter(jax.random.key(seed), images, brightness=0.4,
+                                      contrast=0.0, saturation=0.0, hue=0.0, prob=0.5,
+                                      coin='batch')
     changed = np.abs(np.asarray(out - images)).max(axis=(1, 2, 3)) > 1e-6
     assert changed.all() or not changed.any()
-    blurred = strong_view.gaussian_blur(jax.random.key(seed), images, prob=0.5,
-                                        sigma_min=0.15, sigma_max=1.15, coin='batch')
+    blurred = strong_augment.gaussian_blur(jax.random.key(seed), images, prob=0.5,
+                                           sigma_min=0.15, sigma_max=1.15, coin='batch')
     changed = np.abs(np.asarray(blurred - images)).max(axis=(1, 2, 3)) > 1e-6
     assert changed.all() or not changed.any()
-  per_image = strong_view.color_jitter(jax.random.key(0), images, brightness=0.4, contrast=0.0,
-                                       saturation=0.0, hue=0.0, prob=0.5, coin='image')
+  per_image = strong_augment.color_jitter(jax.random.key(0), images, brightness=0.4,
+                                          contrast=0.0, saturation=0.0, hue=0.0, prob=0.5,
+                                          coin='image')
   changed = np.abs(np.asarray(per_image - images)).max(axis=(1, 2, 3)) > 1e-6
   assert 0 < changed.sum() < 16
 
@@ -176,8 +178,8 @@ def test_teacher_dropout_draws_differ_from_the_students(dropout_net):
   pseudo_rng = jax.random.fold_in(rng, 2)
   config.teacher_mode = 'train'
   as_teacher = train_step.teach(model, params, stats, x, pseudo_rng, config)
-  student_out, _ = stacked.apply(model, params, stats, x, train=True, how='unroll',
-                                 dropout_rng=jax.random.fold_in(dropout_rng, 0))
+  student_out, _ = stacked_networks.apply(model, params, stats, x, train=True, how='unroll',
+                                          dropout_rng=jax.random.fold_in(dropout_rng, 0))
   assert float(jnp.abs(as_teacher['logits'] - student_out['logits']).max()) > 1e-4
 
 
@@ -358,12 +360,12 @@ def test_align_corners_upsampling_equals_torch(size_in, size_out):
   x = np.random.default_rng(0).normal(size=(2, 3, *size_in)).astype(np.float32)
   expect = torch.nn.functional.interpolate(torch.tensor(x), size=size_out, mode='bilinear',
                                            align_corners=True).numpy()
-  ours = image_ops.upsample_bilinear(jnp.asarray(x.transpose(0, 2, 3, 1)), size_out,
-                                     'align_corners')
+  ours = resize_normalize.upsample_bilinear(jnp.asarray(x.transpose(0, 2, 3, 1)), size_out,
+                                            'align_corners')
   np.testing.assert_allclose(np.asarray(ours).transpose(0, 3, 1, 2), expect, atol=5e-5)
   half = torch.nn.functional.interpolate(torch.tensor(x), size=size_out, mode='bilinear',
                                          align_corners=False).numpy()
-  ours = image_ops.upsample_bilinear(jnp.asarray(x.transpose(0, 2, 3, 1)), size_out)
+  ours = resize_normalize.upsample_bilinear(jnp.asarray(x.transpose(0, 2, 3, 1)), size_out)
   np.testing.assert_allclose(np.asarray(ours).transpose(0, 3, 1, 2), half, atol=5e-5)
 
 
@@ -373,17 +375,17 @@ def test_label_downsampling_equals_torch_legacy_nearest(size_in, size_out):
   labels = np.random.default_rng(1).integers(0, 19, size=(2, *size_in)).astype(np.float32)
   expect = torch.nn.functional.interpolate(torch.tensor(labels)[:, None], size=size_out,
                                            mode='nearest')[:, 0].numpy()
-  ours = image_ops.resize_labels_nearest(jnp.asarray(labels), size_out, 'align_corners')
+  ours = resize_normalize.resize_labels_nearest(jnp.asarray(labels), size_out, 'align_corners')
   np.testing.assert_array_equal(np.asarray(ours), expect)
   if size_in != size_out:  # the pixel-centre rule really is another one
-    centre = image_ops.resize_labels_nearest(jnp.asarray(labels), size_out)
+    centre = resize_normalize.resize_labels_nearest(jnp.asarray(labels), size_out)
     assert (np.asarray(centre) != expect).mean() > 0.05
 
 
 def test_unknown_resize_convention_is_one_sentence():
   with pytest.raises(ValueError, match=r"Unknown resize_convention 'torch'; valid: "
                                        r"half_pixel, align_corners\."):
-    image_ops.upsample_bilinear(jnp.zeros((1, 2, 2, 1)), (4, 4), 'torch')
+    resize_normalize.upsample_bilinear(jnp.zeros((1, 2, 2, 1)), (4, 4), 'torch')
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""scripts/camvid_experiment.py: the grid's plan and order, skip/resume detection, the
+"""experiments/camvid/run_grid.py: the grid's plan and order, skip/resume detection, the
 reports (grid.json, paired differences, curves, pseudo-label table). No training: the
 runs are a fake main.py that writes eval JSONs."""
 import importlib.util
@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope='module')
 def script():
   spec = importlib.util.spec_from_file_location(
-      'camvid_experiment', os.path.join(ROOT, 'scripts', 'camvid_experiment.py'))
+      'run_grid', os.path.join(ROOT, 'experiments', 'camvid', 'run_grid.py'))
   module = importlib.util.module_from_spec(spec)
   sys.modules[spec.name] = module  # dataclasses look their module up
   spec.loader.exec_module(module)
@@ -499,3 +499,22 @@ def test_reports_keep_the_runs_of_earlier_grids(script, tmp_path):
   assert keys == [('authors', 'ctt', 0, 0), ('paper', 'ctt', 0, 0), ('paper', 'ctt', 1, 0)]
   # The run this grid holds replaces its earlier record; the other earlier one is kept.
   assert [r['miou'] for r in merged if script.record_key(r) == ('paper', 'ctt', 1, 0)] == [0.35]
+
+
+def test_reports_go_to_the_experiment_and_quote_no_machine_path(script, tmp_path):
+  args = script.parse_args(['--workdir=grid'])
+  results = os.path.join(ROOT, 'experiments', 'camvid', 'results')
+  assert (args.grid_json, args.grid_md, args.grid_plot) == (
+      os.path.join(results, 'grid.json'), os.path.join(results, 'grid.md'),
+      os.path.join(results, 'grid_curves.png'))
+  assert args.command == 'python experiments/camvid/run_grid.py --workdir=DIR'
+  grid = str(tmp_path / 'grid')
+  command = script.quoted_command([
+      f'--workdir={grid}', '--methods=ctt', '--dry_run', f'--grid_json={grid}/grid.json',
+      '--grid_md', os.path.join(results, 'grid.md'), '--grid_plot=/elsewhere/grid.png',
+      f'--overrides=ct_weighting=confidence_power,data.data_dir={tmp_path}/camvid'])
+  assert command == (
+      'python experiments/camvid/run_grid.py --workdir=DIR --methods=ctt '
+      '--grid_json=DIR/grid.json --grid_md=experiments/camvid/results/grid.md '
+      '--grid_plot=PATH/grid.png '
+      '--overrides=ct_weighting=confidence_power,data.data_dir=PATH/camvid')

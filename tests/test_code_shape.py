@@ -1,5 +1,5 @@
-"""The code keeps the shape the project promises (../shared/STYLE.md, docs/INTERFACES.md):
-short functions, one method table, light configs, no test hooks in library code."""
+"""The code keeps the shape the project promises (docs/INTERFACES.md): short functions,
+one method table, light configs, no test hooks in library code."""
 import ast
 import os
 import subprocess

@@ -28,7 +28,7 @@ from configs.common import base_config
 from ctt_jax import optim
 from ctt_jax.models import convert, get_model, weights
 from ctt_jax.models.ctt_head import CTTHead, group_norm_groups
-from ctt_jax.models.testing import random_variables
+from tests.random_variables import random_variables
 from tests.test_models import model_config, shapes_of
 
 torch = pytest.importorskip('torch')
@@ -195,7 +195,7 @@ def test_full_size_names_and_shapes_match_the_authors_network():
 @pytest.mark.parametrize('name,extra', [('deeplabv2', {'head': 'aspp_se'}),
                                         ('deeplabv3plus', {}), ('tiny', {})])
 def test_features_take_negative_values(name, extra):
-  """Signed features (SPEC "Notation"): no activation after the last normalisation.
+  """Signed features: no activation after the last normalisation.
   DeepLabs with random variables, `tiny` with its real init."""
   images = np.random.default_rng(0).normal(size=(2, 33, 33, 3)).astype(np.float32)
   if name == 'tiny':
@@ -221,7 +221,7 @@ def test_group_norm_groups_keep_the_authors_group_size():
 
 
 def test_init_and_optimizer_groups():
-  """SPEC's init (classifier N(0, 0.001), Kaiming fan-in convs, zero biases, GroupNorm
+  """The authors' init (classifier N(0, 0.001), Kaiming fan-in convs, zero biases, GroupNorm
   1/0); the head's GroupNorm is trained even when batch-norm is frozen."""
   head = CTTHead(3, width=128, feature_dim=64)
   layer4 = jnp.zeros((1, 5, 5, 256))

@@ -3,12 +3,12 @@ import numpy as np
 import tensorflow as tf
 
 from ctt_jax.data import augment
-from ctt_jax.data import testing
+from tests import dataset_trees
 
 
 def assert_aligned(image, label, valid):
   """Every interior labeled pixel's colour still encodes its label."""
-  checked, agreement = testing.colour_agreement(image, label, valid, 11)
+  checked, agreement = dataset_trees.colour_agreement(image, label, valid, 11)
   assert checked > 0.2  # the test has something to check
   assert agreement > 0.99, agreement
 
@@ -27,7 +27,7 @@ def params(**overrides):
 
 
 def test_scale_crop_flip_keep_image_and_label_aligned():
-  image, label = testing.block_scene(np.random.default_rng(0), 60, 80, 11, block=10)
+  image, label = dataset_trees.block_scene(np.random.default_rng(0), 60, 80, 11, block=10)
   for seed in range(8):
     out_image, out_label, valid = run(params(), image, label, [seed, 7])
     assert out_image.shape == (40, 48, 3) and out_image.dtype == np.uint8
@@ -36,7 +36,7 @@ def test_scale_crop_flip_keep_image_and_label_aligned():
     # Padding (scale < 1 leaves the crop partly empty) is ignore and invalid.
     assert (out_label[~valid] == 255).all() and (out_image[~valid] == 0).all()
   # At scale 1 image and label crops must match pixel for pixel (no resampling).
-  colours = testing.class_colours(11)
+  colours = dataset_trees.class_colours(11)
   for seed in range(4):
     out_image, out_label, valid = run(params(scale_range=(1.0, 1.0)), image, label,
                                       [seed, 2])
@@ -72,7 +72,7 @@ def test_scale_grid_draws_exactly_the_authors_voc_factors():
 
 
 def test_rotation_translation_resize_keep_alignment_and_fill_ignore():
-  image, label = testing.block_scene(np.random.default_rng(1), 60, 80, 11, block=12)
+  image, label = dataset_trees.block_scene(np.random.default_rng(1), 60, 80, 11, block=12)
   p = params(resize=(90, 120), scale_range=(0.8, 1.2), rotation_degrees=20.0,
              translate_fraction=0.2, crop_size=(64, 64))
   saw_fill = False
@@ -85,7 +85,7 @@ def test_rotation_translation_resize_keep_alignment_and_fill_ignore():
 
 
 def test_same_seed_same_view_other_seed_other_view():
-  image, label = testing.block_scene(np.random.default_rng(2), 60, 80, 11)
+  image, label = dataset_trees.block_scene(np.random.default_rng(2), 60, 80, 11)
   a = run(params(rotation_degrees=5.0), image, label, [4, 4])
   b = run(params(rotation_degrees=5.0), image, label, [4, 4])
   c = run(params(rotation_degrees=5.0), image, label, [4, 5])
@@ -95,7 +95,7 @@ def test_same_seed_same_view_other_seed_other_view():
 
 
 def test_eval_prepare_pads_and_resizes():
-  image, label = testing.block_scene(np.random.default_rng(3), 30, 50, 11)
+  image, label = dataset_trees.block_scene(np.random.default_rng(3), 30, 50, 11)
   out_image, out_label, valid = [np.asarray(x) for x in augment.eval_prepare(
       tf.constant(image), tf.constant(label, tf.int32), None, (40, 64), tf.constant('x'))]
   np.testing.assert_array_equal(out_image[:30, :50], image)

@@ -7,10 +7,10 @@ import pytest
 
 from configs import common
 from configs.common import base_config
+from tests import dataset_trees
 from tests.data_helpers import build, dataset_config
 from ctt_jax import data
 from ctt_jax.data import camvid
-from ctt_jax.data import testing
 
 
 def make_config(data_dir, **overrides):
@@ -20,7 +20,7 @@ def make_config(data_dir, **overrides):
 
 @pytest.mark.parametrize('with_lists', [False, True])
 def test_generated_tree(tmp_path, with_lists):
-  tree = testing.write_camvid_tree(str(tmp_path), with_lists=with_lists)
+  tree = dataset_trees.write_camvid_tree(str(tmp_path), with_lists=with_lists)
   ds = build(make_config(tmp_path, split='1_4'))
   assert ds.num_labeled == 4 and len(ds.unlabeled_ids) == 12 and ds.num_eval == 4
   assert sorted(ds.labeled_ids + ds.unlabeled_ids) == tree['train']
@@ -41,14 +41,14 @@ def test_generated_tree(tmp_path, with_lists):
 def test_labels_line_up_with_images_after_augmentation(tmp_path):
   # The generated images encode their labels as colours (lossless PNG): check that a
   # scaled, rotated, shifted, cropped, flipped label still matches its image.
-  testing.write_camvid_tree(str(tmp_path), num_train=8, size=(60, 80))
+  dataset_trees.write_camvid_tree(str(tmp_path), num_train=8, size=(60, 80))
   config = make_config(tmp_path, split='full', scale_range=(0.6, 1.4),
                        rotation_degrees=15.0, translate_fraction=0.1, crop_size=(48, 64))
   ds = build(config)
   for _ in range(3):
     batch = next(ds.labeled)
     for image, label in zip(batch['image'], batch['label']):
-      checked, agreement = testing.colour_agreement(image, label, label != 255, 11)
+      checked, agreement = dataset_trees.colour_agreement(image, label, label != 255, 11)
       assert checked > 0.2 and agreement > 0.99, (checked, agreement)
     unlabeled = next(ds.unlabeled)
     # Unlabeled padding/fill is marked invalid and black.

@@ -6,13 +6,13 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from tests import dataset_trees
 from tests.data_helpers import build, dataset_config
 from ctt_jax import data
 from ctt_jax.data import cityscapes
-from ctt_jax.data import testing
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'cityscapes_mini')
-GT = os.path.join(FIXTURE, 'gtFine', 'val', 'frankfurt', testing.FIXTURE_ID + '_gtFine_')
+GT = os.path.join(FIXTURE, 'gtFine', 'val', 'frankfurt', dataset_trees.FIXTURE_ID + '_gtFine_')
 
 
 def make_config(tree, **overrides):
@@ -23,7 +23,7 @@ def make_config(tree, **overrides):
 
 @pytest.fixture(scope='module')
 def tree(tmp_path_factory):
-  return testing.write_cityscapes_tree(str(tmp_path_factory.mktemp('cs')), FIXTURE)
+  return dataset_trees.write_cityscapes_tree(str(tmp_path_factory.mktemp('cs')), FIXTURE)
 
 
 def reference_train_ids():
@@ -53,7 +53,7 @@ def test_full_protocol_eval_matches_the_fixture_train_ids(tree):
   assert set(np.unique(label)) == set(np.unique(reference))
   assert batch['valid'].all() and batch['index'].tolist() == [0]
   image = np.asarray(Image.open(os.path.join(
-      FIXTURE, 'leftImg8bit', 'val', 'frankfurt', testing.FIXTURE_ID + '_leftImg8bit.png')))
+      FIXTURE, 'leftImg8bit', 'val', 'frankfurt', dataset_trees.FIXTURE_ID + '_leftImg8bit.png')))
   np.testing.assert_array_equal(batch['image'][0], image)
 
 
@@ -88,7 +88,7 @@ def test_missing_tree_names_the_layout_and_downloads(tmp_path):
                     reason='tfds dataset preparation needs importlib_resources')
 def test_tfds_route_from_the_official_zips(tmp_path, tree):
   # The builder requires 2048x1024 frames: the zips hold the fixture frame upscaled.
-  testing.write_cityscapes_zips(str(tmp_path / 'manual'), FIXTURE)
+  dataset_trees.write_cityscapes_zips(str(tmp_path / 'manual'), FIXTURE)
   config = make_config(tree, source='tfds', data_dir=str(tmp_path / 'manual'),
                        tfds_data_dir=str(tmp_path / 'tfds'))
   ds = build(config)

@@ -7,9 +7,9 @@ import pytest
 
 from configs import common
 from configs.common import base_config
+from tests import dataset_trees
 from tests.data_helpers import build, dataset_config
 from ctt_jax import data
-from ctt_jax.data import testing
 
 
 def voc_config(tree, **overrides):
@@ -33,7 +33,7 @@ def assert_one_sentence(message):
 
 @pytest.fixture
 def tree(tmp_path):
-  return testing.write_voc_tree(str(tmp_path))
+  return dataset_trees.write_voc_tree(str(tmp_path))
 
 
 def label_path(tree, image_id):
@@ -139,9 +139,9 @@ def test_val_image_larger_than_eval_size(tree):
 
 def test_cityscapes_label_train_ids_instead_of_label_ids(tmp_path):
   fixture = os.path.join(os.path.dirname(__file__), 'fixtures', 'cityscapes_mini')
-  tree = testing.write_cityscapes_tree(str(tmp_path), fixture)
+  tree = dataset_trees.write_cityscapes_tree(str(tmp_path), fixture)
   gt = os.path.join(tree['data_dir'], 'gtFine', 'train', 'frankfurt',
-                    testing.FIXTURE_ID + '_gtFine_')
+                    dataset_trees.FIXTURE_ID + '_gtFine_')
   os.replace(gt + 'labelTrainIds.png', gt + 'labelIds.png')
   config = base_config()
   config.data.data_dir, config.data.splits_dir = tree['data_dir'], tree['splits_dir']

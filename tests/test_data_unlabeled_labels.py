@@ -14,13 +14,13 @@ import tensorflow as tf
 
 from configs import common
 from configs.common import base_config
+from tests import dataset_trees
 from tests.data_helpers import build, dataset_config
 from ctt_jax import data
 from ctt_jax.data import camvid
 from ctt_jax.data import cityscapes
 from ctt_jax.data import streams
 from ctt_jax.data import synthetic
-from ctt_jax.data import testing
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'cityscapes_mini')
 
@@ -134,7 +134,7 @@ def camvid_config(data_dir, **overrides):
 
 def test_camvid_generated_tree_labels_match_the_colours(tmp_path):
   # The generated images encode their labels as colours, even after rotation and scale.
-  testing.write_camvid_tree(str(tmp_path), num_train=12, size=(60, 80))
+  dataset_trees.write_camvid_tree(str(tmp_path), num_train=12, size=(60, 80))
   config = camvid_config(tmp_path, scale_range=(0.6, 1.4), rotation_degrees=15.0,
                          translate_fraction=0.1, crop_size=(48, 64))
   for batch in assert_option_changes_only_the_label(config, steps=3):
@@ -142,7 +142,7 @@ def test_camvid_generated_tree_labels_match_the_colours(tmp_path):
     for image, label, valid in zip(batch['image'], batch['label'], batch['valid']):
       # Rotated block edges resample a little differently (the labeled stream's images
       # score 0.984-1.0 too); a misaligned label would score about 1/12.
-      checked, agreement = testing.colour_agreement(image, label, valid, 11)
+      checked, agreement = dataset_trees.colour_agreement(image, label, valid, 11)
       assert checked > 0.2 and agreement > 0.98, (checked, agreement)
 
 
@@ -168,7 +168,7 @@ def test_real_camvid_unlabeled_labels_are_the_annotations():
 
 @pytest.fixture(scope='module')
 def city_tree(tmp_path_factory):
-  return testing.write_cityscapes_tree(str(tmp_path_factory.mktemp('cs')), FIXTURE,
+  return dataset_trees.write_cityscapes_tree(str(tmp_path_factory.mktemp('cs')), FIXTURE,
                                        extra_train=2)
 
 
@@ -182,8 +182,8 @@ def city_config(tree, **overrides):
 
 def city_frames():
   """ID -> (image, trainIds) of the fixture-derived training frames."""
-  frames = {testing.FIXTURE_ID: testing.fixture_frame(FIXTURE)}
-  frames.update({testing.extra_frame_id(k): testing.fixture_frame(FIXTURE, k)
+  frames = {dataset_trees.FIXTURE_ID: dataset_trees.fixture_frame(FIXTURE)}
+  frames.update({dataset_trees.extra_frame_id(k): dataset_trees.fixture_frame(FIXTURE, k)
                  for k in range(2)})
   return {i: (im, cityscapes.LABEL_SPEC.lut[lb]) for i, (im, lb) in frames.items()}
 
@@ -201,12 +201,12 @@ def test_cityscapes_folder_labels_are_the_gtfine_train_ids(city_tree):
 
 
 def test_cityscapes_full_split_has_labels(tmp_path):
-  tree = testing.write_cityscapes_tree(str(tmp_path), FIXTURE)  # train = the one frame
+  tree = dataset_trees.write_cityscapes_tree(str(tmp_path), FIXTURE)  # train = the one frame
   config = city_config(tree)
   ds = build(config)
   assert ds.unlabeled_ids == () and ds.unlabeled_labels
   batch = next(ds.unlabeled)
-  image, label = city_frames()[testing.FIXTURE_ID]
+  image, label = city_frames()[dataset_trees.FIXTURE_ID]
   for k in range(4):
     assert_aligned(batch['image'][k], batch['label'][k], image, label)
   ds.close()
@@ -218,7 +218,7 @@ def remove_gt(tree, image_id):
 
 
 def test_cityscapes_without_unlabeled_gt_has_no_label(tmp_path):
-  tree = testing.write_cityscapes_tree(str(tmp_path), FIXTURE, extra_train=2)
+  tree = dataset_trees.write_cityscapes_tree(str(tmp_path), FIXTURE, extra_train=2)
   for image_id in tree['extra']:
     remove_gt(tree, image_id)
   ds = build(city_config(tree))
@@ -227,7 +227,7 @@ def test_cityscapes_without_unlabeled_gt_has_no_label(tmp_path):
 
 
 def test_cityscapes_partly_missing_gt_is_ignored_where_missing(tmp_path):
-  tree = testing.write_cityscapes_tree(str(tmp_path), FIXTURE, extra_train=2)
+  tree = dataset_trees.write_cityscapes_tree(str(tmp_path), FIXTURE, extra_train=2)
   remove_gt(tree, tree['extra'][0])
   config = city_config(tree)
   ds = build(config)
@@ -246,7 +246,7 @@ def test_cityscapes_partly_missing_gt_is_ignored_where_missing(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec('importlib_resources') is None,
                     reason='tfds dataset preparation needs importlib_resources')
 def test_cityscapes_tfds_labels(tmp_path, city_tree):
-  testing.write_cityscapes_zips(str(tmp_path / 'manual'), FIXTURE, extra_train=2)
+  dataset_trees.write_cityscapes_zips(str(tmp_path / 'manual'), FIXTURE, extra_train=2)
   # Resized back from the 2048x1024 records to the stored 128x256 by the pipeline; the
   # expected full frames go through the same resize.
   config = city_config(city_tree, source='tfds', data_dir=str(tmp_path / 'manual'),
@@ -256,7 +256,7 @@ def test_cityscapes_tfds_labels(tmp_path, city_tree):
   assert ds.unlabeled_ids == tuple(city_tree['extra'])
   for image, label, image_id in zip(batch['image'], batch['label'],
                                     first_examples(config, ds, 4)):
-    full, full_label = testing.fixture_frame(FIXTURE, int(image_id[-6:]))
+    full, full_label = dataset_trees.fixture_frame(FIXTURE, int(image_id[-6:]))
     big = np.asarray(Image.fromarray(full).resize((2048, 1024), Image.BILINEAR))
     big_label = np.asarray(Image.fromarray(full_label).resize((2048, 1024), Image.NEAREST))
     small = tf.image.resize(tf.constant(big, tf.float32), (128, 256), 'bilinear')
@@ -275,18 +275,18 @@ def voc_config(tree, dataset='voc_aug', **overrides):
 
 
 def test_voc_labels_match_the_colours(tmp_path):
-  tree = testing.write_voc_tree(str(tmp_path))
+  tree = dataset_trees.write_voc_tree(str(tmp_path))
   for name in ('voc_aug', 'voc_classic'):
     config = voc_config(tree, name, scale_range=(0.8, 1.2))
     for batch in assert_option_changes_only_the_label(config, steps=2):
       for image, label, valid in zip(batch['image'], batch['label'], batch['valid']):
         # JPEG: colours are approximate, but far apart enough to decode the class.
-        checked, agreement = testing.colour_agreement(image, label, valid, 21)
+        checked, agreement = dataset_trees.colour_agreement(image, label, valid, 21)
         assert checked > 0.1 and agreement > 0.97, (checked, agreement)
 
 
 def test_bad_unlabeled_label_file_fails_in_one_sentence_only_when_read(tmp_path):
-  tree = testing.write_voc_tree(str(tmp_path), num_train=4)  # 2 labeled, 2 unlabeled
+  tree = dataset_trees.write_voc_tree(str(tmp_path), num_train=4)  # 2 labeled, 2 unlabeled
   path = os.path.join(tree['data_dir'], 'SegmentationClassAug', tree['train'][3] + '.png')
   label = np.asarray(Image.open(path)).copy()
   label[0, 0] = 30

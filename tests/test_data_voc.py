@@ -5,8 +5,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from tests import dataset_trees
 from tests.data_helpers import build, dataset_config
-from ctt_jax.data import splits, testing
+from ctt_jax.data import splits
 
 
 def make_config(tree, name='voc_aug', **overrides):
@@ -17,7 +18,7 @@ def make_config(tree, name='voc_aug', **overrides):
 
 @pytest.fixture(scope='module')
 def tree(tmp_path_factory):
-  return testing.write_voc_tree(str(tmp_path_factory.mktemp('voc')))
+  return dataset_trees.write_voc_tree(str(tmp_path_factory.mktemp('voc')))
 
 
 def test_voc_aug_streams(tree):
@@ -70,9 +71,9 @@ def test_authors_partition_source_reads_the_authors_folder(tree, tmp_path):
   # A copy of the tree's lists plus an `authors` 1_2 list that labels other images.
   splits_dir = str(tmp_path / 'splits')
   for name in ('train_aug', 'val', '1_2'):
-    testing.write_list(os.path.join(splits_dir, 'voc_aug', name + '.txt'), splits.read_id_list(
-        os.path.join(tree['splits_dir'], 'voc_aug', name + '.txt')))
+    ids = splits.read_id_list(os.path.join(tree['splits_dir'], 'voc_aug', name + '.txt'))
+    dataset_trees.write_list(os.path.join(splits_dir, 'voc_aug', name + '.txt'), ids)
   theirs = sorted(set(tree['train']) - set(tree['labeled']))[:len(tree['labeled'])]
-  testing.write_list(os.path.join(splits_dir, 'voc_aug', 'authors', '1_2.txt'), theirs)
+  dataset_trees.write_list(os.path.join(splits_dir, 'voc_aug', 'authors', '1_2.txt'), theirs)
   config = make_config({**tree, 'splits_dir': splits_dir}, partition_source='authors')
   assert sorted(build(config).labeled_ids) == theirs

@@ -8,7 +8,7 @@ import pytest
 
 from ctt_jax import train_state, train_step
 from ctt_jax.models import get_model, weights
-from ctt_jax.models.testing import random_variables
+from tests.random_variables import random_variables
 from tests.test_models import shapes_of
 from tests.train_helpers import make_batch, tiny_config
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ctt_jax import images, inference, methods, metrics, stacked, train_state
+from ctt_jax import inference, methods, metrics, resize_normalize, stacked_networks, train_state
 from tests.train_helpers import CLASSES, IMAGE, tiny_config, tiny_model
 
 
@@ -101,9 +101,9 @@ def _eval_batch(seed=0, padded=1, image=IMAGE):
 
 def _direct_probs(config, model, params, stats, image_batch):
   """Reference: one eager model.apply in eval mode, upsampled, softmax."""
-  x = images.normalizer(config)(jnp.asarray(image_batch, jnp.float32) / 255.0)
+  x = resize_normalize.normalizer(config)(jnp.asarray(image_batch, jnp.float32) / 255.0)
   logits = model.apply({'params': params, 'batch_stats': stats}, x, train=False)['logits']
-  return jax.nn.softmax(images.upsample_bilinear(logits, image_batch.shape[1:3]), axis=-1)
+  return jax.nn.softmax(resize_normalize.upsample_bilinear(logits, image_batch.shape[1:3]), axis=-1)
 
 
 @pytest.fixture(scope='module')
@@ -125,8 +125,8 @@ def test_eval_step_matches_direct_apply(ensemble_setup):
   n = config.num_pairs
   nets = ([(state.params, state.batch_stats, k) for k in range(n)]
           + [(state.teacher_params, state.teacher_batch_stats, k) for k in range(n)])
-  probs = [np.asarray(_direct_probs(config, model, stacked.tree_index(p, k),
-                                    stacked.tree_index(s, k), batch['image']))
+  probs = [np.asarray(_direct_probs(config, model, stacked_networks.tree_index(p, k),
+                                    stacked_networks.tree_index(s, k), batch['image']))
            for p, s, k in nets]
   preds = [p.argmax(-1) for p in probs] + [sum(probs[n:]).argmax(-1)]
   for name, pred, cm in zip(names, preds, got):
@@ -209,8 +209,8 @@ def test_sliding_window(ensemble_setup):
   # 8x12 crops at stride (5, 8) on 16x16: rows 0,5,8 x columns 0,4 -> 6 windows.
   small = tiny_config({'data.crop_size': (8, 12)}, method='ensemble',
                       eval_sliding_window=True)
-  params = stacked.tree_index(state.teacher_params, 1)
-  stats = stacked.tree_index(state.teacher_batch_stats, 1)
+  params = stacked_networks.tree_index(state.teacher_params, 1)
+  stats = stacked_networks.tree_index(state.teacher_batch_stats, 1)
   total = np.zeros((*batch['label'].shape, CLASSES))
   counts = np.zeros(IMAGE)
   for y in (0, 5, 8):

@@ -16,7 +16,7 @@ import pytest
 
 from ctt_jax import losses
 from ctt_jax.models import fast_conv, get_model, layers
-from ctt_jax.models.testing import random_variables
+from tests.random_variables import random_variables
 from tests.test_models import model_config, shapes_of
 
 

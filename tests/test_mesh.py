@@ -12,7 +12,7 @@ import pytest
 
 from configs import cityscapes
 from ctt_jax import layout
-from ctt_jax.data import testing
+from tests import dataset_trees
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -136,8 +136,8 @@ def _params(workdir):
 
 
 def test_main_trains_the_paper_config_on_8_devices_and_resumes_as_1x8_and_on_4(tmp_path):
-  tree = testing.write_cityscapes_tree(str(tmp_path / 'cs'), FIXTURE, extra_train=2)
-  testing.write_list(os.path.join(tree['splits_dir'], 'cityscapes', '1_30.txt'),
+  tree = dataset_trees.write_cityscapes_tree(str(tmp_path / 'cs'), FIXTURE, extra_train=2)
+  dataset_trees.write_list(os.path.join(tree['splits_dir'], 'cityscapes', '1_30.txt'),
                      [tree['id']])
   first = str(tmp_path / 'eight')
   proc = _main(first, tree, 8, ['stop_at_step=2'])

@@ -17,7 +17,7 @@ import pytest
 from configs.common import base_config
 from ctt_jax.models import get_model, layers, weights
 from ctt_jax.models.resnet import ResNet
-from ctt_jax.models.testing import random_variables
+from tests.random_variables import random_variables
 
 
 def model_config(name='deeplabv2', backbone='resnet18', layout='torchvision', os_=8,

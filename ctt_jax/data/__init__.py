@@ -6,9 +6,10 @@
 
 Streams are pure functions of (config.seed, step): resuming needs only the step.
 Modules: pipeline (entry point), streams (index arithmetic, tf.data), augment (weak
-view, eval padding), decode (file reading and checks), splits (partitions), examples
-(random-access lists), one module per dataset, errors. Per-dataset settings live with the
-configs (configs/<dataset>.py; configs/common.py DATASETS for tests and benchmarks).
+view, eval padding), decode (file reading and checks), splits (partitions), sources (a
+dataset's random-access example lists), one module per dataset, errors. Per-dataset
+settings live with the configs (configs/<dataset>.py; configs/common.py DATASETS for tests
+and benchmarks).
 """
 from ctt_jax.data.errors import DataError
 from ctt_jax.data.pipeline import (DATASET_NAMES, Datasets, build_datasets, class_info,

@@ -21,7 +21,7 @@ from PIL import Image
 from ctt_jax.data import decode
 from ctt_jax.data import splits
 from ctt_jax.data.errors import DataError
-from ctt_jax.data.examples import FileExamples, Source, check_files_exist
+from ctt_jax.data.sources import FileExamples, Source, check_files_exist
 from ctt_jax.data.paths import REPO_ROOT, resolve_data_dir
 
 CLASS_NAMES = ('sky', 'building', 'pole', 'road', 'pavement', 'tree', 'sign_symbol',

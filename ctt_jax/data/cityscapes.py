@@ -18,8 +18,8 @@ import numpy as np
 from ctt_jax.data import decode
 from ctt_jax.data import splits
 from ctt_jax.data.errors import DataError
-from ctt_jax.data.examples import (FileExamples, Source, check_files_exist,
-                                   existing_label_paths)
+from ctt_jax.data.sources import (FileExamples, Source, check_files_exist,
+                                  existing_label_paths)
 from ctt_jax.data.paths import resolve_data_dir
 
 CLASS_NAMES = ('road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light',

@@ -19,7 +19,7 @@ import tensorflow_datasets as tfds
 from ctt_jax.data import cityscapes
 from ctt_jax.data import decode
 from ctt_jax.data.errors import DataError, PipelineError
-from ctt_jax.data.examples import ExampleList
+from ctt_jax.data.sources import ExampleList
 
 BUILDER = 'cityscapes/semantic_segmentation'
 _IMAGE, _LABEL = 'image_left', 'segmentation_label'

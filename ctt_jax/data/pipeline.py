@@ -17,7 +17,7 @@ import tensorflow as tf
 from ctt_jax.data import augment
 from ctt_jax.data import streams
 from ctt_jax.data.errors import DataError
-from ctt_jax.data.examples import Source
+from ctt_jax.data.sources import Source
 
 DATASET_NAMES = ('cityscapes', 'voc_aug', 'voc_classic', 'camvid', 'synthetic')
 LABELED_IDS_FILE = 'labeled_ids.txt'

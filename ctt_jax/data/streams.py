@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from ctt_jax.data import augment as augment_lib
 from ctt_jax.data import errors
-from ctt_jax.data.examples import ExampleList
+from ctt_jax.data.sources import ExampleList
 
 # Stream tags keep the labeled and unlabeled orders/augmentations independent.
 LABELED, UNLABELED = 1, 2

@@ -19,7 +19,7 @@ import functools
 import numpy as np
 
 from ctt_jax.data import splits
-from ctt_jax.data.examples import ArrayExamples, Source
+from ctt_jax.data.sources import ArrayExamples, Source
 
 CLASS_NAMES = ('background', 'rectangle', 'disk', 'triangle', 'stripes')
 PALETTE = np.array([(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25),

@@ -1,5 +1,5 @@
 """The CTT authors' DeepLabV2 head (`model.head='aspp_se'`): `Classifier_Module2` of their
-`model/deeplabv2.py` (1181110317/SSL_CTT), described in SPEC "Notation".
+`model/deeplabv2.py` (1181110317/SSL_CTT): signed, GroupNorm'd features for HC and LC.
 
   layer4 -> `branch0` (1x1) and `branch1..4` (3x3, dilation 6/12/18/24): conv with bias,
             GroupNorm, ReLU; `width` channels each (256 x width_multiplier)

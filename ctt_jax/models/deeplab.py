@@ -1,6 +1,6 @@
 """DeepLabV2 and DeepLabV3+ on the dilated ResNets of `resnet.py`.
 
-Both follow the paper's split f = g(h(x)) (SPEC "Notation"): `features` are the last
+Both follow the paper's split f = g(h(x)): `features` are the last
 representation before the classifier, so a pixel's confidence is a function of the
 features there. Top-level submodules: `backbone` (base learning rate) and the head
 modules below (head learning rate).
@@ -16,7 +16,8 @@ one of two heads (`model.head`):
                           summed)                                     = logits
   The original DeepLabV2 applies the ASPP-V2 to the 2048-d layer4 output directly; the
   1x1 bottleneck gives the 256-d features the contrastive losses need at little cost.
-  Its features are non-negative (after the ReLU the classifier reads), unlike SPEC's.
+  Its features are non-negative (after the ReLU the classifier reads), so every cosine
+  similarity between them is >= 0, which weakens both contrastive terms.
 
 DeepLabV3+ (`model.name=deeplabv3plus`), logits at 1/4 (the resolution of layer1):
   layer4 -> `aspp` (1x1, three 3x3 at dilation 6/12/18 (x2 at output stride 8), image
@@ -24,7 +25,7 @@ DeepLabV3+ (`model.name=deeplabv3plus`), logits at 1/4 (the resolution of layer1
          -> bilinear upsampling to layer1's size (align_corners=True)
   layer1 -> `decoder.reduce` (1x1 conv-BN-ReLU, 48 ch)
   concat -> `decoder.fuse1` (3x3 conv-BN-ReLU), `decoder.fuse2` (3x3 conv-BN, no ReLU;
-            `feature_dim` ch) = features (signed, SPEC "Notation")
+            `feature_dim` ch) = features (signed: no ReLU)
          -> `classifier` (1x1 conv with bias)                                     = logits
 
 `model.projection_dim > 0` adds `projection` (1x1 conv-BN-ReLU-1x1 conv) on the features;
@@ -91,7 +92,7 @@ class ASPP(nn.Module):
 class Decoder(nn.Module):
   """DeepLabV3+ decoder: `reduce` (1x1, low_level ch) on layer1, concat with the upsampled
   ASPP output, then `fuse1` (3x3 conv-BN-ReLU) and `fuse2` (3x3 conv-BN without ReLU:
-  features are taken before any activation, SPEC "Notation").
+  features are taken before any activation, so they are signed).
   Returns [B, H1, W1, features]."""
   features: int
   low_level: int

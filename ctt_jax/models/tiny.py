@@ -29,7 +29,8 @@ class _Head(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    # No activation after the bottleneck: the features are signed (SPEC "Notation").
+    # No activation after the bottleneck: the features are signed (after a ReLU every
+    # cosine similarity between features would be >= 0, weakening HC and LC).
     features = nn.Conv(self.feature_dim, (3, 3), name='bottleneck')(x)
     logits = nn.Conv(self.num_classes, (1, 1), name='classifier')(features)
     return logits, features

@@ -1,4 +1,11 @@
-"""The strong view of the unlabeled batch, built on device inside the train step (SPEC 3).
+"""The students' strong view of the unlabeled batch, built on device inside the train step.
+
+`build` mixes pairs of unlabeled images with a ClassMix mask (the pixels of a random half
+of the classes predicted in an image, pasted onto the next image of the batch) or a
+CutMix box, and applies colour jitter (brightness, contrast, saturation, hue) and Gaussian
+blur. The mask is returned too: the same mask mixes the teachers' pseudo-labels and
+confidences. It runs inside the jitted step because the ClassMix mask needs the
+teachers' predictions.
 
 Colour jitter and Gaussian blur are drawn per image (`coin='image'`) or once for the batch
 (`'batch'`, the authors' code), before or after the mix (`order`). The train step calls

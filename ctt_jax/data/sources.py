@@ -1,4 +1,5 @@
-"""Random-access example lists and the `Source` every dataset module returns.
+"""The data sources: the `Source` every dataset module returns (its labeled, unlabeled and
+val example lists) and the random-access example lists it holds.
 
 The streams (streams.py) are pure functions of (seed, element index), so they need random
 access: `read(index)` returns example `index` of a list, inside the tf.data graph.

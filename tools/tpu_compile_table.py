@@ -1,14 +1,21 @@
 """The TPU compile table: HBM, FLOPs and roofline of the paper configs on Cloud TPU slices.
 
-    bash scripts/setup_tpu_compile_env.sh                       # once: the libtpu venv
-    nice -n 19 /work/tpu-venv/bin/python scripts/tpu_compile_table.py [--rows=main]
+    bash tools/setup_tpu_compile_env.sh                 # once: the libtpu venv, .tpu-venv
+    nice -n 19 .tpu-venv/bin/python tools/tpu_compile_table.py [--rows=main]
+    python tools/tpu_compile_table.py --render          # docs/results/tpu.md from the rows
 
 Compiles each row (config, method, dtype, remat, per-chip batch, topology) with
 `ctt_jax.tpu_compile.compile_report`, each in its own process, and appends it to
-`benchmarks/results/tpu_compile.json` (`{"rows": [...]}`) as soon as it finishes. Rows
+`tools/results/tpu_compile.json` (`{"rows": [...]}`) as soon as it finishes. Rows
 already in the file are skipped, so a killed run resumes where it stopped. A ResNet-101
 step takes ~12 minutes to compile on a 2-core machine: order matters, the most useful rows
 come first.
+
+`--render` writes the one page the documentation links to, `docs/results/tpu.md`, from
+the file's rows (no libtpu needed): the largest per-chip batch that fits per slice,
+config and dtype, the `scaling` rows, and the `mesh` rows beside the data-parallel rows
+they are compared with. The file keeps every row; `--markdown` prints them all as a
+table (with the largest batches' compiled batches and linear estimates).
 
 Row sets (`--rows`, comma-separated, run in the order given; all of them:
 `--rows=main,slopes,scaling,search,v6e`):
@@ -17,7 +24,7 @@ Row sets (`--rows`, comma-separated, run in the order given; all of them:
 - `slopes`: a second batch on v5e-8 of each program compiled at one batch only, so that
   every slice's largest batch has a linear estimate;
 - `scaling`: per-chip FLOPs and HBM against num_pairs, bank_size and crop size (a table of
-  their own in `--markdown`);
+  their own on the page);
 - `search`: the largest per-chip batch that fits, for each config, dtype and slice (and
   the float32 supervised baseline on v5e-8 and v4-8 and bf16 with remat on v5e-8, first):
   from the linear estimate of two compiled batches (of this slice, else the slope of the
@@ -25,7 +32,9 @@ Row sets (`--rows`, comma-separated, run in the order given; all of them:
 - `v6e`: the CTT steps on v6e-8, last (they need the most host memory and time);
 - `mesh`: the paper's Cityscapes config as written (2 + 2, float32) laid over each 8-chip
   slice by the mesh rule (ctt_jax/layout.py: data 2 x space 4 on 8 chips, 2 x 2 on 4),
-  train and eval, next to the data-parallel rows (`per_chip_batch` 0 = as written);
+  train and eval (`per_chip_batch` 0 = as written), then the data-parallel rows the page
+  sets beside them (batch_size=16 for train, one image per chip for eval; like every row
+  set, it skips those already compiled);
 - `demo`: the demo config (seconds).
 
 `--configs=cityscapes` and `--topologies=v5e:2x4,v4:2x2x1` keep only the rows (and search
@@ -51,7 +60,8 @@ from typing import Any, Iterable, Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # configs/ and ctt_jax/, imported where needed (ctt_jax: jax)
   sys.path.insert(0, ROOT)
-DEFAULT_OUTPUT = os.path.join(ROOT, 'benchmarks', 'results', 'tpu_compile.json')
+DEFAULT_OUTPUT = os.path.join(ROOT, 'tools', 'results', 'tpu_compile.json')
+DEFAULT_PAGE = os.path.join(ROOT, 'docs', 'results', 'tpu.md')
 CITYSCAPES = 'configs/cityscapes.py:1_30'
 VOC_AUG = 'configs/voc_aug.py:1_50'
 VOC_CLASSIC = 'configs/voc_classic.py:1_16'
@@ -60,7 +70,7 @@ MULTI_HOST = 'v5e:4x4'
 # What identifies a row: rerunning a row with these values equal is a skip.
 # Rows compiled before 2026-11-30 have no conv_impl: their model.conv_impl='auto' resolved on
 # the compiling CPU to the CPU's convolution graph (tpu_compile.as_on_tpu), so they are not
-# the TPU's step and compile again (they were moved to tpu_compile_superseded.json).
+# the TPU's step and compile again (every such row has been, with conv_impl 'xla').
 KEY_FIELDS = ('step', 'topology', 'config', 'method', 'dtype', 'remat', 'per_chip_batch',
               'overrides', 'conv_impl')
 
@@ -92,11 +102,11 @@ def main_rows() -> list[dict[str, Any]]:
   """The paper configs, breadth first: every slice and config once before any variant.
 
   A CTT row takes 10-55 minutes to compile on a shared 2-core machine, so the table is
-  filled over several sessions; this order makes every partial table cover the most.
+  filled over several runs; this order makes every partial table cover the most.
   """
   eight_chip = ('v5e:2x4', 'v4:2x2x1')
-  # 1. The issue's 'done when' rows: Cityscapes CTT on v5e-8 and v4-8 at one image + one
-  #    per chip (the baseline) and two + two in bfloat16.
+  # 1. The rows that answer first whether the paper's step fits: Cityscapes CTT on v5e-8
+  #    and v4-8 at one image + one per chip (the baseline) and two + two in bfloat16.
   rows = [row(CITYSCAPES, 'v5e:2x4', dtype='float32', per_chip_batch=1),
           row(CITYSCAPES, 'v5e:2x4', dtype='bfloat16', per_chip_batch=2),
           row(CITYSCAPES, 'v4:2x2x1', dtype='bfloat16', per_chip_batch=2)]
@@ -200,12 +210,29 @@ def slope_rows() -> list[dict[str, Any]]:
 
 def mesh_rows() -> list[dict[str, Any]]:
   """The paper's Cityscapes 1_30 config as written (batch 2 + 2, float32) on each 8-chip
-  slice, laid out by the mesh rule; the v6e row last (it needs the most host memory)."""
-  rows = [row(CITYSCAPES, topology, per_chip_batch=0)
-          for topology in ('v5e:2x4', 'v4:2x2x1', 'v5p:2x2x1')]
-  rows.append(row(CITYSCAPES, 'v5e:2x4', per_chip_batch=0, step='eval'))
-  rows.append(row(CITYSCAPES, 'v6e:2x4', per_chip_batch=0))
-  return rows
+  slice, laid out by the mesh rule, each followed later by the data-parallel row it is
+  compared with (`data_parallel_row`); the v6e rows last (they need the most host memory).
+  """
+  as_written = [row(CITYSCAPES, topology, per_chip_batch=0)
+                for topology in ('v5e:2x4', 'v4:2x2x1', 'v5p:2x2x1')]
+  as_written.append(row(CITYSCAPES, 'v5e:2x4', per_chip_batch=0, step='eval'))
+  v6e = row(CITYSCAPES, 'v6e:2x4', per_chip_batch=0)
+  return as_written + [data_parallel_row(r) for r in as_written] + [v6e, data_parallel_row(v6e)]
+
+
+# The global labeled batch of the data-parallel rows the `mesh` rows are compared with: 2 + 2
+# per chip on an 8-chip slice, the per-chip batch of the paper's step.
+DATA_PARALLEL_BATCH = 16
+
+
+def data_parallel_row(as_written: dict[str, Any]) -> dict[str, Any]:
+  """The row a `mesh` row (the config's own batch over data x space) is compared with: the
+  same program, data parallel, at batch_size=`DATA_PARALLEL_BATCH` for train (2 + 2 per
+  chip on 8 chips, 4 + 4 on 4) and one image per chip for eval."""
+  from ctt_jax import tpu_compile  # pylint: disable=g-import-not-at-top
+  num_chips = tpu_compile.parse_topology(as_written['topology']).num_chips
+  per_chip = 1 if as_written['step'] == 'eval' else DATA_PARALLEL_BATCH // num_chips
+  return {**as_written, 'per_chip_batch': per_chip}
 
 
 def demo_rows() -> list[dict[str, Any]]:
@@ -557,7 +584,7 @@ def per_chip_cell(r: dict[str, Any]) -> str:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-  """The results as a README table, one line per compiled row, in file order."""
+  """Every row as one markdown table, one line per compiled row, in file order."""
   head = ('| slice | config | method | dtype | remat | per chip | extra | step '
           '| HBM GiB / chip (args + temps) | fits | TFLOP / chip-step '
           '| GiB moved / chip-step | roofline s | bound | collectives |')
@@ -584,13 +611,51 @@ def hbm_cell(r: dict[str, Any]) -> str:
   return hbm
 
 
+# The field in which a compiled row records each scaling axis's value.
+RECORDED_AXES = {'num_pairs': 'num_pairs', 'bank_size': 'bank_size',
+                 'data.crop_size': 'crop_size'}
+
+
+def _axis_text(value) -> str:
+  return 'x'.join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def scaling_base(rows: list[dict[str, Any]]) -> Optional[dict[str, str]]:
+  """{axis: value} recorded by the scaling program compiled without overrides (the config
+  as it was then), None if it was not compiled or recorded no values."""
+  base = find(rows, scaling_row(''))
+  if base is None or not all(base.get(f) is not None for f in RECORDED_AXES.values()):
+    return None
+  return {axis: _axis_text(base[f]) for axis, f in RECORDED_AXES.items()}
+
+
+def find_scaling(rows: list[dict[str, Any]], axis: str, value: str,
+                 overrides: str) -> Optional[dict[str, Any]]:
+  """The compiled scaling row at `value` of `axis`, the other axes at `scaling_base`.
+
+  Rows are matched by the values they recorded, not by their overrides: the config's own
+  values may have changed since they were compiled (the no-override row of then is not the
+  one of now). Without a recorded base, by the overrides of `scaling_points`.
+  """
+  base = scaling_base(rows)
+  if base is None:
+    return find(rows, scaling_row(overrides))
+  wanted = {**base, axis: value}
+  program = row_key(scaling_row(''))
+  for r in rows:
+    if row_key({**r, 'overrides': ''}) == program and all(
+        _axis_text(r.get(RECORDED_AXES[a])) == v for a, v in wanted.items()):
+      return r
+  return None
+
+
 def scaling_markdown(rows: list[dict[str, Any]]) -> str:
   """The `scaling` rows as their own table: one axis varied at a time from the config."""
   head = ('| varied | value | HBM GiB / chip (args + temps) | TFLOP / chip-step '
           '| GiB moved / chip-step | roofline s | collectives |')
   lines = [head, '|' + '---|' * (head.count('|') - 1)]
   for axis, value, overrides in scaling_points():
-    r = find(rows, scaling_row(overrides))
+    r = find_scaling(rows, axis, value, overrides)
     if r is None or r.get('hbm_gib') is None:
       cells = [axis, value, 'not compiled yet', '-', '-', '-', '-']
     else:
@@ -617,6 +682,139 @@ def largest_batch_markdown(rows: list[dict[str, Any]]) -> str:
   return '\n'.join(lines)
 
 
+# ----------------------------------------------------------------------------------------
+# The page: docs/results/tpu.md
+# ----------------------------------------------------------------------------------------
+
+RENDER_COMMAND = 'python tools/tpu_compile_table.py --render'
+SLICE_ORDER = SINGLE_HOST + (MULTI_HOST,)
+PROGRAM_ORDER = {'config': (CITYSCAPES, VOC_AUG, VOC_CLASSIC), 'method': ('ctt', 'supervised'),
+                 'dtype': ('bfloat16', 'float32'), 'remat': ('', 'blocks')}
+
+
+def _ranked(value, known) -> tuple:
+  """Sort key: the values of `known` in its order, any other after them, by name."""
+  return (known.index(value), '') if value in known else (len(known), str(value))
+
+
+def _table(head: list[str], lines: list[list[str]]) -> list[str]:
+  return (['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)] +
+          ['| ' + ' | '.join(cells) + ' |' for cells in lines])
+
+
+def largest_batch_cell(b: Optional[dict[str, Any]]) -> str:
+  """'5' where the next batch was compiled and does not fit, '>= 2 (not searched)' where
+  the largest that fits is not settled, '-' where nothing was compiled."""
+  if b is None:
+    return '-'
+  if b['status'] == 'settled':
+    return str(b['largest_fitting'])
+  return f">= {b['largest_fitting']} ({'limit' if b['status'] == 'search limit' else b['status']})"
+
+
+def largest_batch_grid(rows: list[dict[str, Any]]) -> list[str]:
+  """`largest_batches` as one line per config, method, dtype and remat, one column per
+  slice."""
+  found = largest_batches(rows)
+  slices = sorted({b['topology'] for b in found}, key=lambda t: _ranked(t, SLICE_ORDER))
+  programs: dict[tuple, dict[str, dict[str, Any]]] = {}
+  for b in found:
+    key = tuple(b[f] for f in PROGRAM_ORDER)
+    programs.setdefault(key, {})[b['topology']] = b
+  keys = sorted(programs, key=lambda k: tuple(
+      _ranked(v, known) for v, known in zip(k, PROGRAM_ORDER.values())))
+  lines = [[config.replace('configs/', ''), method, dtype, remat or '-'] +
+           [largest_batch_cell(programs[(config, method, dtype, remat)].get(t))
+            for t in slices] for config, method, dtype, remat in keys]
+  return _table(['config', 'method', 'dtype', 'remat', *slices], lines)
+
+
+def layout_cell(r: dict[str, Any]) -> str:
+  """'as written: data 2 x space 4' (a `mesh` row) or 'data parallel: data 8'."""
+  if r['per_chip_batch'] == 0:
+    return f"as written: data {r['mesh']['data']} x space {r['mesh']['space']}"
+  return f"data parallel: data {r['num_chips']}"
+
+
+def images_cell(r: dict[str, Any]) -> str:
+  """The images of one step on the whole slice: '2 + 2' (labeled + unlabeled) or '8'."""
+  g = r['global_batch']
+  if r['step'] == 'eval' or r['method'] == 'supervised':
+    return str(g)
+  return f'{g} + {g}'
+
+
+def mesh_comparison(rows: list[dict[str, Any]]) -> list[str]:
+  """Each `mesh` row (the paper's batch over data x space) above the data-parallel row of
+  the same program and slice it is compared with (`data_parallel_row`)."""
+  head = ['slice', 'step', 'layout', 'images / step', 'per chip',
+          'HBM GiB / chip (args + temps)', 'TFLOP / chip-step', 'GiB moved / chip-step',
+          'collectives', 'roofline s', 'bound']
+  lines = []
+  for as_written in (r for r in mesh_rows() if r['per_chip_batch'] == 0):
+    for wanted in (as_written, data_parallel_row(as_written)):
+      r = find(rows, wanted)
+      if r is None or r.get('hbm_gib') is None:
+        what = ('as written' if wanted['per_chip_batch'] == 0 else
+                f"data parallel, {per_chip_cell(wanted)} per chip")
+        lines.append([wanted['topology'], wanted['step'], what, '-', '-',
+                      'not compiled yet', '-', '-', '-', '-', '-'])
+        continue
+      hbm = f"{hbm_cell(r)} of {r['hbm_capacity_gib']:g}" + ('' if r['fits'] else ', NO fit')
+      lines.append([
+          r['topology'], r['step'], layout_cell(r), images_cell(r), per_chip_cell(r), hbm,
+          '-' if r['tflop_per_chip_step'] is None else f"{r['tflop_per_chip_step']:.2f}",
+          '-' if r.get('gib_accessed_per_chip_step') is None
+          else f"{r['gib_accessed_per_chip_step']:.1f}",
+          collectives_cell(r.get('collectives')),
+          '-' if r['roofline_s'] is None else f"{r['roofline_s']:.3f}", r['bound'] or '-'])
+  return _table(head, lines)
+
+
+def render_page(rows: list[dict[str, Any]], source: str, command: str = RENDER_COMMAND) -> str:
+  """docs/results/tpu.md: the header, the largest batches, the scaling rows and the mesh
+  rows beside their data-parallel rows, from `rows` (read from `source`)."""
+  from ctt_jax import tpu_compile  # pylint: disable=g-import-not-at-top
+  dates = sorted(r['measured'] for r in rows if r.get('measured'))
+  when = f', compiled {dates[0]} to {dates[-1]}' if dates else ''
+  fits = f'{100 * (1 - tpu_compile.HBM_MARGIN):g}%'
+  lines = [
+      '# TPU compile table', '',
+      f'Generated by `{command}` from `{source}` ({len(rows)} rows{when}); do not edit it '
+      'by hand.', '',
+      'Every row is a train or eval step compiled for a Cloud TPU slice by its own compiler '
+      'on a machine without a TPU; the JSON keeps every row, with the commit it was '
+      'compiled from (`code`). A per-chip batch p is p labeled + p unlabeled images per '
+      f'chip (p for the supervised step). "Fits": at most {fits} of the chip\'s HBM. '
+      'Collectives: ag all-gather, ar all-reduce, rs reduce-scatter, a2a all-to-all, '
+      'cp collective-permute.', '',
+      '## Largest per-chip batch that fits', '',
+      'A number: that batch fits and the next one, compiled too, does not. ">= p": p fits '
+      'and the edge is not settled: "limit" where the search stops (64 per chip), "not '
+      'settled" where it has not finished, "not searched" for the programs it does not '
+      'take up.', '']
+  lines += largest_batch_grid(rows)
+  base = scaling_base(rows)
+  compiled_from = ('' if base is None else ' as compiled (' + ', '.join(
+      f'{axis} {value}' for axis, value in base.items()) + ')')
+  lines += ['', '## How the step\'s cost grows', '',
+            'Cityscapes CTT on v5e-8, bfloat16, 1 + 1 per chip: one of num_pairs, bank_size '
+            f'and the crop varied at a time from the config{compiled_from}.', '']
+  lines += scaling_markdown(rows).split('\n')
+  lines += ['', '## The paper\'s batch over data x space, against data parallelism', '',
+            f'`{CITYSCAPES}` as written (2 + 2 images per step, float32) laid out over the '
+            'slice by the mesh rule (`--rows=mesh`), each above the same program data '
+            f'parallel at batch_size={DATA_PARALLEL_BATCH} (eval: one image per chip).', '']
+  lines += mesh_comparison(rows)
+  return '\n'.join(lines) + '\n'
+
+
+def write_page(path: str, text: str):
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  with open(path, 'w') as f:
+    f.write(text)
+
+
 def selection(configs: str, topologies: str):
   """The predicate of `--configs` and `--topologies` (an empty flag keeps every row)."""
   config_parts = [c for c in configs.split(',') if c]
@@ -630,8 +828,8 @@ def selection(configs: str, topologies: str):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--rows', default='main',
-                      help='main, slopes, scaling, search, v6e, demo; comma-separated, run '
-                      'in that order')
+                      help='main, slopes, scaling, search, v6e, mesh, demo; comma-separated, '
+                      'run in that order')
   parser.add_argument('--output', default=DEFAULT_OUTPUT)
   parser.add_argument('--configs', default='',
                       help='comma-separated substrings of the config path; only their rows')
@@ -639,11 +837,21 @@ def main(argv=None):
                       help='comma-separated slices, e.g. v5e:2x4,v4:2x2x1; only their rows')
   parser.add_argument('--timeout_s', type=float, default=3 * 3600,
                       help='per row (a loaded 2-core machine took over an hour)')
+  parser.add_argument('--render', action='store_true',
+                      help='write the page of --page from the rows of --output and exit')
+  parser.add_argument('--page', default=DEFAULT_PAGE, help='where --render writes')
   parser.add_argument('--markdown', action='store_true',
                       help='print the rows of --output as three tables (every row, the '
                       'largest batches, the scaling rows) and exit')
   parser.add_argument('--one', help=argparse.SUPPRESS)  # child: compile one JSON row
   args = parser.parse_args(argv)
+  if args.render:
+    source = os.path.relpath(os.path.abspath(args.output), ROOT)
+    command = RENDER_COMMAND + ('' if os.path.abspath(args.output) == DEFAULT_OUTPUT
+                                else f' --output={source}')
+    write_page(args.page, render_page(load_rows(args.output), source, command))
+    print(f'wrote {os.path.relpath(os.path.abspath(args.page), ROOT)}')
+    return
   if args.markdown:
     print(markdown(load_rows(args.output)))
     print()

@@ -1,4 +1,4 @@
-"""Small dataset trees in the real on-disk layouts, for tests and benchmarks.
+"""Small dataset trees in the real on-disk layouts, for the data tests.
 
 Every writer makes its own images (or copies the Cityscapes fixture frame), writes the
 ID lists a `data.splits_dir` needs, and returns what it wrote. Nothing is downloaded.

@@ -1,6 +1,6 @@
 """Where a finished run's pseudo-labels go wrong, and what each CT weighting makes of it.
 
-    python scripts/pseudo_label_diagnostic.py --workdir=/work/camvid_grid/p0_s0/ctt \
+    python experiments/camvid/pseudo_label_diagnostic.py --workdir=workdirs/camvid_grid/p0_s0/ctt \
         --config='configs/camvid.py:1_8,method=ctt,data.partition_seed=0,seed=0' [--step=N]
 
 Restores a checkpoint (the latest, or `--step`), runs every teacher in eval mode on the
@@ -25,12 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import common
-from ctt_jax import images as image_ops
-from ctt_jax import stacked
+from ctt_jax import resize_normalize
+from ctt_jax import stacked_networks
 from ctt_jax import train
 from ctt_jax.data import pipeline
 from ctt_jax.data import streams
@@ -44,11 +44,12 @@ def teacher_predictions(run, state, config, source, batch_size):
                            global_batch=batch_size, process_index=0, process_count=1)
   confs, preds, truths, valids = [], [], [], []
   for batch in ds.as_numpy_iterator():
-    x = image_ops.normalizer(config)(image_ops.to_unit_range(jnp.asarray(batch['image'])))
-    out, _ = stacked.apply(run.model, state.teacher_params, state.teacher_batch_stats, x,
-                           train=False, how='unroll')
+    unit = resize_normalize.to_unit_range(jnp.asarray(batch['image']))
+    x = resize_normalize.normalizer(config)(unit)
+    out, _ = stacked_networks.apply(run.model, state.teacher_params,
+                                    state.teacher_batch_stats, x, train=False, how='unroll')
     # As the step does (train_step.pseudo_labels): bilinear logits to image size, softmax.
-    logits = image_ops.upsample_bilinear(out['logits'], batch['label'].shape[-2:])
+    logits = resize_normalize.upsample_bilinear(out['logits'], batch['label'].shape[-2:])
     probs = np.asarray(jax.nn.softmax(logits, axis=-1))
     confs.append(probs.max(-1))
     preds.append(probs.argmax(-1))

@@ -1,6 +1,6 @@
 """How the contrastive features of a finished run sit against its memory banks.
 
-    python scripts/contrastive_diagnostic.py --workdir=/work/camvid_grid/p0_s0/ctt \
+    python experiments/camvid/contrastive_diagnostic.py --workdir=workdirs/camvid_grid/p0_s0/ctt \
         --config='configs/camvid.py:1_8,method=ctt,data.partition_seed=0,seed=0'
 
 Restores the latest checkpoint, runs every student and teacher on the first val batch
@@ -21,13 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import common
-from ctt_jax import images as image_ops
+from ctt_jax import resize_normalize
 from ctt_jax import memory_bank
-from ctt_jax import stacked
+from ctt_jax import stacked_networks
 from ctt_jax import train
 from ctt_jax.data import pipeline
 
@@ -60,16 +60,16 @@ def main():
   state, step = run.restore()
   data = pipeline.build_datasets(config, training=False, process_index=0, process_count=1)
   batch = next(iter(data.eval_batches()))
-  x = image_ops.normalizer(config)(
-      image_ops.to_unit_range(jnp.asarray(batch['image'][:args.images])))
+  x = resize_normalize.normalizer(config)(
+      resize_normalize.to_unit_range(jnp.asarray(batch['image'][:args.images])))
   bank, valid = np.asarray(state.banks.feats), np.asarray(memory_bank.valid_entries(
       state.banks))
   print(f'step {step}; entries per class and bank:\n{valid.sum(-1)}')
   for role, params, stats in (('student', state.params, state.batch_stats),
                               ('teacher', state.teacher_params, state.teacher_batch_stats)):
-    out, _ = stacked.apply(run.model, params, stats, x, train=False, how='unroll')
+    out, _ = stacked_networks.apply(run.model, params, stats, x, train=False, how='unroll')
     feats = unit(np.asarray(out['features']))  # [n, B, h, w, D]
-    labels = np.asarray(image_ops.resize_labels_nearest(
+    labels = np.asarray(resize_normalize.resize_labels_nearest(
         jnp.asarray(batch['label'][:args.images]), feats.shape[2:4]))
     for k in range(feats.shape[0]):
       own, other = own_and_other(feats[k], labels, bank[k], valid[k])

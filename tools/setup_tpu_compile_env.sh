@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One command for the TPU compile environment (issue 15, docs/TPU.md):
+# One command for the TPU compile environment (docs/TPU.md):
 #
-#   bash scripts/setup_tpu_compile_env.sh [VENV_DIR]     # default /work/tpu-venv
+#   bash tools/setup_tpu_compile_env.sh [VENV_DIR]     # default: .tpu-venv in the repository
 #
 # makes a separate venv with requirements-tpu.txt (the runtime requirements + jax[tpu] at the
 # tested jax version) and the project installed editable without touching its dependencies.
@@ -9,7 +9,7 @@
 # a TPU whenever it starts.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-VENV="${1:-/work/tpu-venv}"
+VENV="${1:-$ROOT/.tpu-venv}"
 PYTHON="${PYTHON:-python3}"
 
 if [ ! -x "$VENV/bin/python" ]; then
