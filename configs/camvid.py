@@ -6,16 +6,16 @@ weights offline, hence a larger rate than the paper's fine-tuning one), on a see
 of the 367 training images (1_8: 46 labeled, `data.partition_seed` picks which), the rest
 unlabeled; 4 + 4 crops of 176x240 a step, 2500 steps; scored on the 101 val images.
 
-Measured (docs/results/camvid/grid.md; teacher_0's val mIoU after 2500 steps, recipe
+Measured (experiments/camvid/results/grid.md; teacher_0's val mIoU after 2500 steps, recipe
 paper, labeled subsets 0 / 1 / 2, training seed 0): supervised 39.76 / 37.44 / 41.08,
 mean_teacher 39.91 / 42.51 / 40.80, ctt 40.19 / 41.73 / 42.37. Wall time on 2 CPU cores
 shared with other jobs: supervised 21-38 min, ctt 82-191 min. 1000 steps were too few
-(every curve still rising, docs/results/camvid/steps1000).
+(every curve still rising, experiments/camvid/results/steps1000).
 
     python main.py --config=configs/camvid.py:1_8 --workdir=runs/camvid_1_8
     python main.py --config=configs/camvid.py:1_8,method=supervised,num_pairs=1 \
       --workdir=runs/camvid_1_8_supervised
-    python scripts/camvid_experiment.py --workdir=DIR   # the grid of methods and subsets
+    python experiments/camvid/run_grid.py --workdir=DIR   # the grid of methods and subsets
 
 Splits: 1_16, 1_8, 1_4, 1_2, full. data.data_dir: '' reads $CTT_CAMVID_DIR, else
 ../shared/data/camvid beside the repository (docs/DATA.md).
