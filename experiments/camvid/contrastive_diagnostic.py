@@ -4,7 +4,7 @@
         --config='configs/camvid.py:1_8,method=ctt,data.partition_seed=0,seed=0'
 
 Restores the latest checkpoint, runs every student and teacher on the first val batch
-(`--images`), and prints, per network, the mean cosine similarity of each pixel's
+(`--images`), and prints (and with `--out`, writes as JSON), per network, the mean cosine similarity of each pixel's
 normalised feature with the bank entries of its own class and with those of the other
 classes (classes without bank entries skipped); then, per bank, the mean cosine within a
 class and between classes, and how full each class's queue is. It tells a contrastive loss
@@ -14,6 +14,7 @@ broken (features not aligned with their class's entries).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -54,6 +55,7 @@ def main():
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--config', required=True, help='FILE:ARGS, as main.py --config')
   parser.add_argument('--images', type=int, default=4)
+  parser.add_argument('--out', default='', help='also write the numbers to this JSON file')
   args = parser.parse_args()
   config = common.from_file(args.config, ROOT)
   run = train.Run(config, args.workdir, asynchronous_checkpoints=False)
@@ -65,6 +67,9 @@ def main():
   bank, valid = np.asarray(state.banks.feats), np.asarray(memory_bank.valid_entries(
       state.banks))
   print(f'step {step}; entries per class and bank:\n{valid.sum(-1)}')
+  report = {'config': args.config, 'step': int(step), 'images': args.images,
+            'entries_per_class_and_bank': valid.sum(-1).tolist(), 'networks': {},
+            'banks': {}}
   for role, params, stats in (('student', state.params, state.batch_stats),
                               ('teacher', state.teacher_params, state.teacher_batch_stats)):
     out, _ = stacked_networks.apply(run.model, params, stats, x, train=False, how='unroll')
@@ -73,6 +78,8 @@ def main():
         jnp.asarray(batch['label'][:args.images]), feats.shape[2:4]))
     for k in range(feats.shape[0]):
       own, other = own_and_other(feats[k], labels, bank[k], valid[k])
+      report['networks'][f'{role}_{k}'] = {'cosine_own_class': float(own),
+                                           'cosine_other_classes': float(other)}
       print(f'{role}_{k}: cosine with its class\'s bank entries {own:+.3f}, with the other '
             f'classes\' {other:+.3f}')
   for k in range(bank.shape[0]):
@@ -82,6 +89,12 @@ def main():
     between = np.mean([(e[c][m[c]] @ e[d][m[d]].T).mean() for c in present for d in present
                        if c != d])
     print(f'bank {k}: cosine within a class {within:+.3f}, between classes {between:+.3f}')
+    report['banks'][str(k)] = {'cosine_within_class': float(within),
+                               'cosine_between_classes': float(between)}
+  if args.out:
+    with open(args.out, 'w') as f:
+      json.dump(report, f, indent=1)
+    print(f'wrote {args.out}')
 
 
 if __name__ == '__main__':

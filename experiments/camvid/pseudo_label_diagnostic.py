@@ -5,7 +5,7 @@
 
 Restores a checkpoint (the latest, or `--step`), runs every teacher in eval mode on the
 whole unlabeled images (no crop, no flip: the weak view without its augmentation), and
-prints per ground-truth class, for teacher_0: how many of the class's pixels the
+prints (and with `--out`, writes as JSON) per ground-truth class, for teacher_0: how many of the class's pixels the
 pseudo-labels get right (recall), their mean confidence when right and when wrong, and the
 share of the cross-teacher loss weight that lands on wrong pseudo-labels under each
 `ct_weighting` (`batch_confident_fraction` weighs every pixel of a batch alike, so its
@@ -18,6 +18,7 @@ no confidence weighting can.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -93,6 +94,7 @@ def main():
   parser.add_argument('--config', required=True, help='FILE:ARGS, as main.py --config')
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (latest)')
   parser.add_argument('--batch_size', type=int, default=8)
+  parser.add_argument('--out', default='', help='also write the numbers to this JSON file')
   args = parser.parse_args()
   config = common.from_file(args.config, ROOT)
   run = train.Run(config, args.workdir, asynchronous_checkpoints=False)
@@ -102,20 +104,32 @@ def main():
                                                  args.batch_size)
   names, _ = pipeline.class_info(config.data.name)
   threshold = float(config.ct_confidence_threshold)
+  agreement = {f'0_vs_{k}': float((pred[0][valid] == pred[k][valid]).mean())
+               for k in range(1, len(pred))}
   print(f'step {step}; {valid.sum()} labelled pixels of {len(source.unlabeled)} unlabeled '
         f'images; teacher agreement '
-        + ', '.join(f'{(pred[0][valid] == pred[k][valid]).mean():.3f} (0 vs {k})'
-                    for k in range(1, len(pred))))
-  rows = class_table(conf[0], pred[0], truth, valid, names, threshold, powers=(1, 6))
+        + ', '.join(f'{v:.3f} ({k.replace("_", " ")})' for k, v in agreement.items()))
+  rows = [{k: v if isinstance(v, str) else float(v) for k, v in r.items()}
+          for r in class_table(conf[0], pred[0], truth, valid, names, threshold,
+                               powers=(1, 6))]
   columns = list(rows[0])
   print('teacher_0 | ' + ' | '.join(columns[1:]))
   for r in rows:
     print(f'{r["class"]:>11} | ' + ' | '.join(f'{r[k]:.3f}' for k in columns[1:]))
   right, p = pred[0][valid] == truth[valid], conf[0][valid]
+  overall = {'recall': float(right.mean()), 'wrong_weight/uniform': wrong_share(p, right, 0)}
   for power in (1, 6):
+    overall[f'wrong_weight/conf^{power}'] = wrong_share(p, right, power)
     print(f'all classes: wrong share of the weight, conf^{power}: '
-          f'{wrong_share(p, right, power):.3f} (uniform: {wrong_share(p, right, 0):.3f})')
-
+          f'{overall[f"wrong_weight/conf^{power}"]:.3f} '
+          f'(uniform: {overall["wrong_weight/uniform"]:.3f})')
+  if args.out:
+    with open(args.out, 'w') as f:
+      json.dump({'config': args.config, 'step': int(step), 'teachers_mode': 'eval',
+                 'unlabeled_images': len(source.unlabeled),
+                 'teacher_agreement': agreement, 'teacher_0_per_class': rows,
+                 'teacher_0_all_classes': overall}, f, indent=1)
+    print(f'wrote {args.out}')
 
 if __name__ == '__main__':
   main()
