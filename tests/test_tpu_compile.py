@@ -461,10 +461,13 @@ def test_the_page_is_generated_from_the_rows(tmp_path):
   assert '| cityscapes.py:1_30 | ctt | float32 | - | 4 |' in text
   lines = text.splitlines()
   written = next(i for i, line in enumerate(lines) if 'as written: data 2 x space 4' in line)
-  assert lines[written].startswith('| v5e:2x4 | train | as written: data 2 x space 4 | 2 + 2 '
+  assert lines[written].startswith('| v5e:2x4 | train | as written: data 2 x space 4 | paper '
+                                   '| 2 + 2 '
                                    '| 2/8 + 2/8 (2x4) | 3.47 of 16 | 1.33 | 45.7 | 9 cp |')
-  assert lines[written + 1].startswith('| v5e:2x4 | train | data parallel: data 8 | 16 + 16 '
+  assert lines[written + 1].startswith('| v5e:2x4 | train | data parallel: data 8 | paper '
+                                       '| 16 + 16 '
                                        '| 2 + 2 | 8.43 of 16 |')
-  assert '| v4:2x2x1 | train | data parallel, 4 + 4 per chip | - | - | not compiled yet |' in text
+  assert ('| v4:2x2x1 | train | data parallel, 4 + 4 per chip | - | - | - | not compiled yet |'
+          in text)
   assert table.DEFAULT_PAGE == os.path.join(ROOT, 'docs', 'results', 'tpu.md')
   assert table.DEFAULT_OUTPUT == os.path.join(ROOT, 'tools', 'results', 'tpu_compile.json')

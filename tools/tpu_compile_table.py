@@ -333,7 +333,7 @@ def compile_row(r: dict[str, Any]) -> dict[str, Any]:
       'num_hosts': report['num_hosts'], 'global_batch': report['global_batch'],
       'num_pairs': report['num_pairs'], 'bank_size': report['bank_size'],
       'crop_size': report['crop_size'], 'config_arg': arg, 'mesh': report['mesh'],
-      'measured': time.strftime('%Y-%m-%d'), 'code': code_version(),
+      'recipe': str(config.recipe), 'measured': time.strftime('%Y-%m-%d'), 'code': code_version(),
   }
 
 
@@ -747,7 +747,7 @@ def images_cell(r: dict[str, Any]) -> str:
 def mesh_comparison(rows: list[dict[str, Any]]) -> list[str]:
   """Each `mesh` row (the paper's batch over data x space) above the data-parallel row of
   the same program and slice it is compared with (`data_parallel_row`)."""
-  head = ['slice', 'step', 'layout', 'images / step', 'per chip',
+  head = ['slice', 'step', 'layout', 'recipe', 'images / step', 'per chip',
           'HBM GiB / chip (args + temps)', 'TFLOP / chip-step', 'GiB moved / chip-step',
           'collectives', 'roofline s', 'bound']
   lines = []
@@ -757,12 +757,13 @@ def mesh_comparison(rows: list[dict[str, Any]]) -> list[str]:
       if r is None or r.get('hbm_gib') is None:
         what = ('as written' if wanted['per_chip_batch'] == 0 else
                 f"data parallel, {per_chip_cell(wanted)} per chip")
-        lines.append([wanted['topology'], wanted['step'], what, '-', '-',
+        lines.append([wanted['topology'], wanted['step'], what, '-', '-', '-',
                       'not compiled yet', '-', '-', '-', '-', '-'])
         continue
       hbm = f"{hbm_cell(r)} of {r['hbm_capacity_gib']:g}" + ('' if r['fits'] else ', NO fit')
       lines.append([
-          r['topology'], r['step'], layout_cell(r), images_cell(r), per_chip_cell(r), hbm,
+          r['topology'], r['step'], layout_cell(r), r.get('recipe', 'paper'), images_cell(r),
+          per_chip_cell(r), hbm,
           '-' if r['tflop_per_chip_step'] is None else f"{r['tflop_per_chip_step']:.2f}",
           '-' if r.get('gib_accessed_per_chip_step') is None
           else f"{r['gib_accessed_per_chip_step']:.1f}",
@@ -803,8 +804,11 @@ def render_page(rows: list[dict[str, Any]], source: str, command: str = RENDER_C
   lines += scaling_markdown(rows).split('\n')
   lines += ['', '## The paper\'s batch over data x space, against data parallelism', '',
             f'`{CITYSCAPES}` as written (2 + 2 images per step, float32) laid out over the '
-            'slice by the mesh rule (`--rows=mesh`), each above the same program data '
-            f'parallel at batch_size={DATA_PARALLEL_BATCH} (eval: one image per chip).', '']
+            'slice by the mesh rule (`--rows=mesh`), each above the same config data '
+            f'parallel at batch_size={DATA_PARALLEL_BATCH} (eval: one image per chip). '
+            '`recipe` is the reading the row was compiled with: the config defaults to '
+            '`authors` (batch-norm trained, teachers in train mode, banks of 256), rows '
+            'compiled before that default are `paper`; compare rows of one recipe.', '']
   lines += mesh_comparison(rows)
   return '\n'.join(lines) + '\n'
 
