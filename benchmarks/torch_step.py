@@ -35,8 +35,10 @@ class CTTDeepLab(torch.nn.Module):
     self.projection = (ref.Projection(features, int(m.projection_dim))
                        if m.projection_dim else None)
 
-  def forward(self, x):
-    out = self.head(self.backbone(x)[1])
+  def forward(self, x, features: bool = True):
+    out = self.head(self.backbone(x)[1], get_feat=features)
+    if not features:  # the supervised step: ctt-jax's compiled step drops the features too
+      return out['out'], None
     features = out['feat'] if self.projection is None else self.projection(out['feat'])
     return out['out'], features
 
@@ -119,7 +121,8 @@ class TorchStep:
     self.trainable_params = trainable_parameter_count(self.net)
 
   def run(self):
-    logits, _ = self.net(self.images)
+    logits, _ = (self.net(self.images, features=False) if isinstance(self.net, CTTDeepLab)
+                 else self.net(self.images))
     logits = F.interpolate(logits, self.labels.shape[-2:], mode='bilinear',
                            align_corners=False)
     loss = F.cross_entropy(logits, self.labels, ignore_index=self.ignore)
