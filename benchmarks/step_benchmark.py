@@ -9,7 +9,9 @@ Rows (each printed with its ratio against its target; see benchmarks/README.md):
                    num_pairs=1)` (SGD update included) vs the torch.nn reference net of
                    tests/torch_reference_nets.py with SGD(momentum, weight decay); at
                    256x512 and 64x128; `supervised_ema=False`, so both
-                   sides do the same work. Target <= 1.0x.
+                   sides do the same work. Target <= 1.0x. Beside them, the plain
+                   PyTorch step of benchmarks/torch_plain_step.py (`--no_plain`: not):
+                   the reference's time over it, target <= 1.03.
   CTT machinery    the full CTT step (2 pairs, HC + LC on, banks full) vs the network
                    passes it needs (benchmarks/network_passes.py: teachers on the weak
                    view and the labeled batch, students on both batches, update, EMA).

@@ -225,3 +225,68 @@ class PlainStep:
     loss.backward()
     self.optimizer.step()
     return loss.item()
+
+
+def main(argv=None):
+  """Both PyTorch steps alone (no jax in the process), alternating under the load
+  protocol: median wall time, user and system CPU time and minor page faults per step."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import resource  # pylint: disable=g-import-not-at-top
+  import statistics  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from benchmarks import bench_utils as bu  # pylint: disable=g-import-not-at-top
+  from benchmarks import load_guard as lg  # pylint: disable=g-import-not-at-top
+  from benchmarks import torch_step  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(description=main.__doc__.split('\n')[0])
+  parser.add_argument('--size', default='256x512')
+  parser.add_argument('--steps', type=int, default=7)
+  parser.add_argument('--threads', type=int, default=0, help='0: every CPU it may use')
+  parser.add_argument('--out', default='', help='JSON path (optional)')
+  lg.add_protocol_args(parser)
+  args = parser.parse_args(argv)
+  if args.threads:
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
+  guard = lg.LoadGuard(args.others_threshold, args.priority)
+  guard.enforce_priority('start')
+  torch.set_num_threads(len(os.sched_getaffinity(0)))
+  config = bu.make_config({'backbone': 'resnet101', 'width_multiplier': 1.0,
+                           'head': 'aspp_se'}, 'supervised', 1, 'auto', supervised_ema=False)
+  size = bu.parse_size(args.size)
+  reference = torch_step.TorchStep(config, size)
+  runners = {'reference': reference, 'plain': PlainStep(config, size, reference=reference.net)}
+  for runner in runners.values():
+    runner.run()
+  guard.enforce_priority('after the warm-up')
+  records = {name: [] for name in runners}
+  for _ in range(args.steps):
+    for name, runner in runners.items():
+      before, usage, start = guard.sample(), resource.getrusage(resource.RUSAGE_SELF), \
+          time.perf_counter()
+      runner.run()
+      wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+      records[name].append({'wall_s': wall, 'user_s': after.ru_utime - usage.ru_utime,
+                            'sys_s': after.ru_stime - usage.ru_stime,
+                            'minor_faults': after.ru_minflt - usage.ru_minflt,
+                            **guard.shares(before, guard.sample())})
+  result = {'when': time.strftime('%Y-%m-%d %H:%M:%S %Z'), 'size': size,
+            'threads': torch.get_num_threads(), 'torch': torch.__version__,
+            'cpu': bu.cpu_name(), 'protocol': guard.summary(), 'steps': records}
+  for name, steps in records.items():
+    median = {k: statistics.median(s[k] for s in steps)
+              for k in ('wall_s', 'user_s', 'sys_s', 'minor_faults', 'others_share')}
+    result[name] = median
+    print(f'{name:9s} wall {median["wall_s"]:.3f} s, user {median["user_s"]:.3f} s, '
+          f'system {median["sys_s"]:.3f} s, {median["minor_faults"]:,.0f} minor faults, '
+          f'others {median["others_share"]:.1%} (medians of {len(steps)} steps)')
+  print(f'reference / plain: {result["reference"]["wall_s"] / result["plain"]["wall_s"]:.3f}')
+  if args.out:
+    with open(args.out, 'w') as f:
+      json.dump(result, f, indent=1, default=bu.json_default)
+
+
+if __name__ == '__main__':
+  main()

@@ -157,6 +157,15 @@ def test_alternate_records_every_step_and_the_priority():
   assert guard.priority_ok()
 
 
+def test_round_order_alternates_what_follows_the_first_runner():
+  from benchmarks import bench_utils as bu  # pylint: disable=g-import-not-at-top
+  names = ['jax', 'torch', 'torch_plain']
+  rounds = [bu.round_order(names, i) for i in range(4)]
+  assert rounds == [names, ['jax', 'torch_plain', 'torch']] * 2
+  assert [r[1] for r in rounds] == ['torch', 'torch_plain'] * 2
+  assert bu.round_order(['jax', 'torch'], 1) == ['jax', 'torch']
+
+
 def _results(others_share: float) -> dict:
   """A minimal step_benchmark result: one supervised row, section 'sup' and 'matmul'."""
   median = {'median_over': 'all', 'undisturbed': 7, 'steps': 7}

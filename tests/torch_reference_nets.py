@@ -7,7 +7,7 @@ stem, and the CTT authors' DeepLabV2 head (`SEBlock`, `Classifier_Module2` of
 1181110317/SSL_CTT `model/deeplabv2.py`, widths and GroupNorm groups made parameters).
 Module names are the checkpoint names `ctt_jax.models.weights` maps. ReLUs and residual
 additions work in place, as in torchvision's and the authors' code (benchmarks/torch_step.py
-trains these nets; out-of-place they page-faulted ~25% more memory per step).
+trains these nets and is compared with a plain step of the authors' code).
 """
 from __future__ import annotations
 
