@@ -291,18 +291,29 @@ def summarise(steps: list[dict], timing: str) -> dict:
           'samples': steps}
 
 
+def round_order(names: list[str], i: int) -> list[str]:
+  """Round i's order: `names`, or the first name and the rest reversed when i is odd. In
+  one process a step runs after whichever step came before it (the memory that step just
+  freed, its pool's threads): at 256x512 the PyTorch step placed right after ctt-jax's
+  took ~7% more CPU time than the same network's step placed after it."""
+  return names if i % 2 == 0 else names[:1] + names[:0:-1]
+
+
 def alternate(runners: dict, steps: int, guard: lg.LoadGuard | None = None,
               timing: str = 'wall') -> dict:
   """A warm-up step of each runner, then `steps` rounds in which every runner takes a
-  step in turn, so a change of load hits all of them. Returns {'runners': {name:
-  summarise(...)}, 'window': others' share over all rounds, 'timing': 'wall' | 'cpu'}."""
+  step in turn, so a change of load hits all of them. The first runner leads every round
+  and the others run in reverse order every other round (`round_order`), so with three
+  runners each of the other two follows the first in half the rounds. Returns {'runners':
+  {name: summarise(...)}, 'window': others' share over all rounds, 'timing': 'wall' |
+  'cpu'}."""
   guard = guard or lg.LoadGuard()
   _warm_up(runners, guard)
   records = {name: [] for name in runners}
   start = guard.sample()
   for i in range(steps):
-    for name, runner in runners.items():
-      records[name].append(timed_step(runner, guard))
+    for name in round_order(list(runners), i):
+      records[name].append(timed_step(runners[name], guard))
     log(f'round {i + 1}/{steps}: ' + ', '.join(
         f'{k} {v[-1][timing + "_s"]:.3f}s (others {v[-1]["others_share"]:.0%}'
         f'{", disturbed" if v[-1]["disturbed"] else ""})' for k, v in records.items()))
@@ -385,6 +396,11 @@ def target_rows(results: dict) -> list[dict]:
                      r['ratio'], 1.0, False,
                      f'ctt-jax {r["jax_s"]:.3f}s, PyTorch {r["torch_s"]:.3f}s', ['sup'],
                      [r.get('jax_median'), r.get('torch_median')]))
+    if 'reference_over_plain' in r:
+      rows.append(_row(results, f'PyTorch step {_size(r["size"])}: benchmark reference / '
+                       'plain step', r['reference_over_plain'], 1.03, False,
+                       f'reference {r["torch_s"]:.3f}s, plain {r["torch_plain_s"]:.3f}s',
+                       ['sup'], [r.get('torch_median'), r.get('torch_plain_median')]))
   if 'ctt' in results:
     c = results['ctt']
     rows.append(_row(results, f'CTT machinery {_size(c["size"])}: full / network passes - 1',
@@ -474,15 +490,21 @@ def _median_cell(m: dict | None) -> str:
 
 def _step_lines(results: dict) -> list[str]:
   lines = ['## Step times (median; every step time and load sample in the JSON)', '',
-           '| step | size | ctt-jax s | PyTorch s | ctt-jax / PyTorch | GFLOP/step | '
-           'ctt-jax GFLOP/s | XLA compile s | steps in the median (ctt-jax; PyTorch) | '
-           'others, timed steps |', '|---|---|---|---|---|---|---|---|---|---|']
+           '| step | size | ctt-jax s | PyTorch s | plain PyTorch s | ctt-jax / PyTorch | '
+           'ctt-jax / plain | GFLOP/step | ctt-jax GFLOP/s | XLA compile s | steps in the '
+           'median (ctt-jax; PyTorch; plain) | others, timed steps |',
+           '|---|---|---|---|---|---|---|---|---|---|---|---|']
   for r in results['supervised']:
+    plain = f'{r["torch_plain_s"]:.3f}' if 'torch_plain_s' in r else '-'
+    over_plain = f'{r["jax_s"] / r["torch_plain_s"]:.3f}' if 'torch_plain_s' in r else '-'
     lines.append(f'| supervised, batch 2 | {_size(r["size"])} | {r["jax_s"]:.3f} | '
-                 f'{r["torch_s"]:.3f} | {r["ratio"]:.2f} | {r["flops"] / 1e9:.0f} | '
+                 f'{r["torch_s"]:.3f} | {plain} | {r["ratio"]:.3f} | {over_plain} | '
+                 f'{r["flops"] / 1e9:.0f} | '
                  f'{r["flops"] / r["jax_s"] / 1e9:.1f} | {r["jax_compile_s"]:.0f} | '
                  f'{_median_cell(r.get("jax_median"))}; '
-                 f'{_median_cell(r.get("torch_median"))} | {_share(r.get("window"))} |')
+                 f'{_median_cell(r.get("torch_median"))}; '
+                 f'{_median_cell(r.get("torch_plain_median"))} | '
+                 f'{_share(r.get("window"))} |')
   labels = {'full': 'CTT, 2 pairs, all on', 'no_contrastive': 'CTT without HC, LC (bank '
             'push on)', 'base': 'CTT without HC, LC, bank push',
             'passes': 'CTT network passes only (benchmarks/network_passes.py)'}
@@ -490,7 +512,7 @@ def _step_lines(results: dict) -> list[str]:
   for name in ('full', 'no_contrastive', 'base', 'passes') if c else ():
     if name in c:
       v = c[name]
-      lines.append(f'| {labels[name]} | {_size(c["size"])} | {v["median_s"]:.3f} | - | - | '
+      lines.append(f'| {labels[name]} | {_size(c["size"])} | {v["median_s"]:.3f} | - | - | - | - | '
                    f'{v["flops"] / 1e9:.0f} | {v["flops"] / v["median_s"] / 1e9:.1f} | '
                    f'{v["compile_s"]:.0f} | {_median_cell(v.get("median"))} | '
                    f'{_share(c.get("window"))} |')

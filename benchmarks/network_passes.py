@@ -1,5 +1,5 @@
 """The CTT step reduced to the network passes it needs: the baseline of the benchmark's
-"CTT machinery" row (issue: machinery beyond the passes <= 5%).
+"CTT machinery" row (target: the machinery beyond the passes <= 5% of the step).
 
 The passes CTT cannot do without (n pairs): the teachers on the weak unlabeled view, the
 students in train mode on the labeled and the unlabeled batch (forward and backward, two

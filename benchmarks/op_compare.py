@@ -13,7 +13,7 @@ XLA's and torch's ops run one after another (their times add up to the step). Th
 1. Whole step: the two steps alternate (`bench_utils.alternate`, `--timing cpu`), with
    the load protocol of `load_guard.py` (every thread at nice `--priority`, others' share
    of the CPU per step and over the section).
-2. ctt-jax per op: `profile_step.profile` (jax.profiler trace, seconds per HLO
+2. ctt-jax per op: `profile` (jax.profiler trace, seconds per HLO
    instruction) over `--profile_steps` steps; each top-level instruction is classified by
    `jax_group` from its opcode, its fused computation's opcodes and the `op_name`
    metadata of every instruction in it (the Flax module path and the jax primitive).
@@ -41,11 +41,13 @@ from __future__ import annotations
 
 import argparse
 import collections
+import glob
 import json
 import os
 import re
 import statistics
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,13 +129,64 @@ import jax
 import torch
 
 from benchmarks import bench_utils as bu
-from benchmarks import profile_step
 from benchmarks import torch_step
 
 torch.set_num_threads(ARGS.threads)
 
 
 # --- ctt-jax: HLO instructions -> groups --------------------------------------------------
+_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\((.*)$')
+
+
+def hlo_index(text: str) -> dict[str, dict]:
+  """name -> {shape, opcode, op_name, computation body kinds} for every instruction."""
+  computations, bodies, current, index = {}, {}, None, {}
+  for line in text.split('\n'):
+    if line.endswith('{') and ('(' in line) and not line.startswith(' '):
+      current = line.split()[0].lstrip('%') if not line.startswith('ENTRY') else 'ENTRY'
+      computations[current], bodies[current] = [], ''
+      continue
+    if current is not None:
+      bodies[current] += line
+    m = _INSTRUCTION.match(line)
+    if not m or current is None:
+      continue
+    name, shape, opcode, rest = m.groups()
+    computations[current].append(opcode)
+    op_name = re.search(r'op_name="([^"]*)"', rest)
+    calls = re.search(r'calls=%?([\w.\-]+)', rest)
+    index[name] = {'shape': shape, 'opcode': opcode, 'rest': rest,
+                   'op_name': op_name.group(1) if op_name else '',
+                   'calls': calls.group(1) if calls else None}
+  for info in index.values():
+    info['body'] = computations.get(info['calls'], []) if info['calls'] else []
+    info['fused_text'] = bodies.get(info['calls'], info['rest'])
+  return index
+
+
+def profile(run_step, steps: int) -> dict[str, float]:
+  """Seconds per HLO instruction name, summed over `steps` executions."""
+  # TensorFlow's xplane proto, installed with the stack.
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+  directory = tempfile.mkdtemp(prefix='ctt_profile_')
+  with jax.profiler.trace(directory):
+    for _ in range(steps):
+      run_step()
+  path = sorted(glob.glob(os.path.join(directory, '**', '*.xplane.pb'), recursive=True))[-1]
+  space = xplane_pb2.XSpace()
+  with open(path, 'rb') as f:
+    space.ParseFromString(f.read())
+  totals = collections.Counter()
+  for plane in space.planes:
+    if plane.name != '/host:CPU':
+      continue
+    for line in plane.lines:
+      for event in line.events:
+        name = plane.event_metadata[event.metadata_id].name
+        totals[name] += event.duration_ps * 1e-12
+  return totals
+
+
 def _op_names(info: dict) -> list[str]:
   return [info['op_name']] + re.findall(r'op_name="([^"]*)"', info['fused_text'])
 
@@ -225,7 +278,7 @@ def group_of(name: str, index: dict, seen=()) -> str:
 
 def profile_jax(step, steps: int) -> dict:
   """Seconds per step by group, and the top instructions of each group."""
-  index = profile_step.hlo_index(step.compiled.as_text())
+  index = hlo_index(step.compiled.as_text())
   add_users(index)
   cpu = [0.0]
 
@@ -233,7 +286,7 @@ def profile_jax(step, steps: int) -> dict:
     start = _clock()
     step.run()
     cpu[0] += _clock() - start
-  totals = profile_step.profile(run, steps)
+  totals = profile(run, steps)
   cpu = cpu[0] / steps
   per_op = {n: t / steps for n, t in totals.items()
             if n in index and index[n]['opcode'] not in CONTROL_FLOW}

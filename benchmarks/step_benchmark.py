@@ -9,7 +9,9 @@ Rows (each printed with its ratio against its target; see benchmarks/README.md):
                    num_pairs=1)` (SGD update included) vs the torch.nn reference net of
                    tests/torch_reference_nets.py with SGD(momentum, weight decay); at
                    256x512 and 64x128; `supervised_ema=False`, so both
-                   sides do the same work. Target <= 1.0x.
+                   sides do the same work. Target <= 1.0x. Beside them, the plain
+                   PyTorch step of benchmarks/torch_plain_step.py (`--no_plain`: not):
+                   the reference's time over it, target <= 1.03.
   CTT machinery    the full CTT step (2 pairs, HC + LC on, banks full) vs the network
                    passes it needs (benchmarks/network_passes.py: teachers on the weak
                    view and the labeled batch, students on both batches, update, EMA).
@@ -71,6 +73,8 @@ def parse_args(argv=None):
                            'the sections not skipped, e.g. --update --skip ctt,eval,memory')
   parser.add_argument('--head', default='', choices=('', 'aspp_se', 'bottleneck'),
                       help="DeepLabV2 head of both sides ('': configs/cityscapes.py's)")
+  parser.add_argument('--no_plain', action='store_true',
+                      help='leave out the plain PyTorch step (benchmarks/torch_plain_step.py)')
   add_protocol_args(parser)
   return parser.parse_args(argv)
 
@@ -85,7 +89,7 @@ check_timing_args(ARGS, THREADS)
 GUARD = LoadGuard(ARGS.others_threshold, ARGS.priority)
 GUARD.enforce_priority('start')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-# What main.py runs with (ctt_jax/xla_cpu_flags.py); a flag set in XLA_FLAGS wins.
+# What main.py runs with (ctt_jax/backend_flags.py); a flag set in XLA_FLAGS wins.
 from ctt_jax import backend_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 backend_flags.add_xla_cpu_defaults()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -101,6 +105,7 @@ import torch
 
 from benchmarks import bench_utils as bu
 from benchmarks import network_passes
+from benchmarks import torch_plain_step
 from benchmarks import torch_step
 from ctt_jax import train_step
 
@@ -143,25 +148,35 @@ def runner_fields(prefix: str, t: dict) -> dict:
 
 def supervised_row(s, size, results):
   """ctt-jax vs PyTorch supervised step at `size`, steps alternating."""
-  # No EMA copy: PyTorch's step keeps none either (README, "Work around the network").
+  # No EMA copy: PyTorch's step keeps none either (benchmarks/README.md).
   config = bu.make_config(s, 'supervised', num_pairs=1, conv_impl=ARGS.conv_impl,
                           supervised_ema=False)
   torch_run = torch_step.TorchStep(config, size, seed=0)
   params = torch_step.assert_same_network(config, torch_run.net)
+  runners = {'torch': torch_run}
+  if not ARGS.no_plain and torch_plain_step.supports(config):
+    runners['torch_plain'] = torch_plain_step.PlainStep(config, size, reference=torch_run.net)
+    if runners['torch_plain'].trainable_params != params:
+      sys.exit(f'The plain PyTorch step trains {runners["torch_plain"].trainable_params:,} '
+               f'parameters, the reference {params:,}.')
   jax_step = bu.JaxStep(config, size)
   bu.log(f'supervised {size}: compiled in {jax_step.compile_s:.1f}s, '
-         f'{jax_step.flops / 1e9:.1f} GFLOP, {params:,} trainable parameters on both sides')
-  t = alternate({'jax': jax_step, 'torch': torch_run}, s['steps'])
+         f'{jax_step.flops / 1e9:.1f} GFLOP, {params:,} trainable parameters on every side')
+  t = alternate({'jax': jax_step, **runners}, s['steps'])
   row = {
-      'size': size, **runner_fields('jax', t['runners']['jax']),
-      **runner_fields('torch', t['runners']['torch']), 'window': t['window'],
+      'size': size, **runner_fields('jax', t['runners']['jax']), 'window': t['window'],
       'jax_compile_s': jax_step.compile_s, 'flops': jax_step.flops,
       'jax_memory': jax_step.memory, 'jax_rss_growth': jax_step.rss_growth,
-      'torch_rss_growth': torch_run.rss_growth, 'trainable_params': params,
+      'trainable_params': params,
   }
+  for name, runner in runners.items():
+    row.update(runner_fields(name, t['runners'][name]))
+    row[f'{name}_rss_growth'] = runner.rss_growth
   row['ratio'] = row['jax_s'] / row['torch_s']
+  if 'torch_plain' in runners:
+    row['reference_over_plain'] = row['torch_s'] / row['torch_plain_s']
   results['supervised'].append(row)
-  del jax_step, torch_run
+  del jax_step, torch_run, runners
 
 
 def ctt_rows(s, results):

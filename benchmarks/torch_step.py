@@ -35,8 +35,10 @@ class CTTDeepLab(torch.nn.Module):
     self.projection = (ref.Projection(features, int(m.projection_dim))
                        if m.projection_dim else None)
 
-  def forward(self, x):
-    out = self.head(self.backbone(x)[1])
+  def forward(self, x, features: bool = True):
+    out = self.head(self.backbone(x)[1], get_feat=features)
+    if not features:  # the supervised step: ctt-jax's compiled step drops the features too
+      return out['out'], None
     features = out['feat'] if self.projection is None else self.projection(out['feat'])
     return out['out'], features
 
@@ -82,6 +84,20 @@ def freeze_batch_norm_(net: torch.nn.Module):
         p.requires_grad_(False)
 
 
+def torch_batch(config, size, seed: int = 0):
+  """(images [B, 3, H, W] float32, labels [B, H, W] int64): bench_utils.make_batch's
+  labeled half, normalised as ctt-jax's step does (x / 255 - mean) / std, channels in
+  `config.image_channel_order`."""
+  batch = make_batch(size, config.num_classes, seed)['labeled']
+  mean = np.asarray(config.image_mean, np.float32)
+  std = np.asarray(config.image_std, np.float32)
+  images = (batch['image'].astype(np.float32) / np.float32(255.0) - mean) / std
+  if config.image_channel_order == 'bgr':
+    images = images[..., ::-1]
+  return (torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
+          torch.from_numpy(batch['label'].astype(np.int64)))
+
+
 class TorchStep:
   """One supervised step: forward [B, 3, H, W], logits upsampled bilinearly to the label
   size (align_corners=False, as ctt-jax), cross-entropy ignoring 255, backward, and SGD
@@ -99,18 +115,14 @@ class TorchStep:
         [{'params': trainable(self.net.backbone), 'lr': config.lr},
          {'params': head, 'lr': config.lr * config.head_lr_mult}],
         lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    batch = make_batch(size, config.num_classes)['labeled']
-    mean = np.asarray(config.image_mean, np.float32) * 255.0
-    std = np.asarray(config.image_std, np.float32) * 255.0
-    images = (batch['image'].astype(np.float32) - mean) / std
-    self.images = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-    self.labels = torch.from_numpy(batch['label'].astype(np.int64))
+    self.images, self.labels = torch_batch(config, size)
     self.ignore = int(config.ignore_label)
     self.rss_growth = None
     self.trainable_params = trainable_parameter_count(self.net)
 
   def run(self):
-    logits, _ = self.net(self.images)
+    logits, _ = (self.net(self.images, features=False) if isinstance(self.net, CTTDeepLab)
+                 else self.net(self.images))
     logits = F.interpolate(logits, self.labels.shape[-2:], mode='bilinear',
                            align_corners=False)
     loss = F.cross_entropy(logits, self.labels, ignore_index=self.ignore)

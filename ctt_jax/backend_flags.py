@@ -9,10 +9,10 @@ XLA:CPU (only `xla_cpu_*` flags: GPU and TPU compilers ignore them, so their gra
 unchanged):
 - `xla_cpu_experimental_ynn_fusion_type=-individual_convolution`: jaxlib 0.10 sends every
   float32 convolution to YNNPACK; this hands convolutions back to XLA's own (Eigen)
-  kernels and leaves dots on YNNPACK. Measured (benchmarks/README.md, "Work around the
-  network"; benchmarks/results/xla_flags_probe.md): the supervised DeepLabV2-R101 step 17%
-  faster at 64x128 and ~4% at 256x512 on 2 AMD EPYC (Zen 4) cores; outputs differ by
-  summation order only (<= 8.4e-6 relative).
+  kernels and leaves dots on YNNPACK: the supervised DeepLabV2-R101 step was 17% faster
+  at 64x128 and ~4% at 256x512 on 2 AMD EPYC (Zen 4) cores, with outputs that differ by
+  summation order only (<= 8.4e-6 relative); benchmarks/README.md, "Findings behind the
+  defaults".
 
 libtpu:
 - `--fibers_default_thread_stack_size=8388608` (8 MiB): libtpu 0.0.42.1 (the `tpu` extra

@@ -157,6 +157,15 @@ def test_alternate_records_every_step_and_the_priority():
   assert guard.priority_ok()
 
 
+def test_round_order_alternates_what_follows_the_first_runner():
+  from benchmarks import bench_utils as bu  # pylint: disable=g-import-not-at-top
+  names = ['jax', 'torch', 'torch_plain']
+  rounds = [bu.round_order(names, i) for i in range(4)]
+  assert rounds == [names, ['jax', 'torch_plain', 'torch']] * 2
+  assert [r[1] for r in rounds] == ['torch', 'torch_plain'] * 2
+  assert bu.round_order(['jax', 'torch'], 1) == ['jax', 'torch']
+
+
 def _results(others_share: float) -> dict:
   """A minimal step_benchmark result: one supervised row, section 'sup' and 'matmul'."""
   median = {'median_over': 'all', 'undisturbed': 7, 'steps': 7}
@@ -231,3 +240,74 @@ def test_default_head_is_the_cityscapes_configs_and_a_mismatch_fails():
   torch_step.freeze_batch_norm_(net)
   with pytest.raises(AssertionError, match='would benchmark different networks'):
     torch_step.assert_same_network(bu.make_config(s, 'supervised', 1, 'auto'), net)
+
+
+# --- both PyTorch steps against ctt-jax's supervised step ----------------------------------
+def test_first_step_loss_and_update_match_ctt_jax(monkeypatch):
+  """A small network of the benchmark's kind (caffe ResNet-50 at width 1/8 with the
+  authors' head, frozen BN, 40x56 crops): the benchmark's PyTorch step, the plain step and
+  ctt-jax's supervised step (`make_train_step`, conv_impl 'auto', as benchmarked) start
+  from the same weights and batch and give the same first loss and the same first update
+  of every trained parameter. Dropout is off on all three (its masks cannot be shared)."""
+  torch = pytest.importorskip('torch')
+  import flax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from benchmarks import bench_utils as bu  # pylint: disable=g-import-not-at-top
+  from benchmarks import torch_plain_step, torch_step  # pylint: disable=g-import-not-at-top
+  from ctt_jax import models, optim, train_state, train_step  # pylint: disable=g-import-not-at-top
+  from ctt_jax.models import ctt_head, weights  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(ctt_head, 'DROPOUT_RATE', 0.0)
+  config = bu.make_config({'backbone': 'resnet50', 'width_multiplier': 0.125,
+                           'head': 'aspp_se'}, 'supervised', 1, 'auto',
+                          supervised_ema=False)
+  config.lr = 1.0  # updates far above the float32 rounding of weight + update
+  size = (40, 56)
+  reference = torch_step.TorchStep(config, size)
+  reference.net.head.head[0].p = 0.0
+  plain = torch_plain_step.PlainStep(config, size, reference=reference.net)
+  assert plain.trainable_params == reference.trainable_params == (
+      bu.trainable_parameter_count(config))
+  before = {k: v.detach().clone() for k, v in plain.net.state_dict().items()}
+
+  # ctt-jax from the same weights (the authors' names, as a checkpoint would have them).
+  model = models.get_model(config.model, config.num_classes)
+  variables = weights.from_torch_state_dict(
+      {k: v.numpy() for k, v in before.items()}, config.model, config.num_classes,
+      skip_head=False)
+  stacked = jax.tree.map(lambda x: np.stack([x]), variables)
+  state = train_state.create_train_state(
+      config, stacked, train_state.feature_dim(model, size))
+  step = jax.jit(train_step.make_train_step(config, model, num_labeled=bu.NUM_LABELED))
+  new_state, metrics = step(state, jax.device_put(bu.make_batch(size, config.num_classes)),
+                            jax.random.key(0))
+
+  losses = {'reference': reference.run(), 'plain': plain.run(),
+            'ctt-jax': float(metrics['loss'])}
+  assert losses['reference'] == pytest.approx(losses['plain'], rel=1e-6), losses
+  assert losses['ctt-jax'] == pytest.approx(losses['plain'], rel=1e-5), losses
+
+  after = {'reference': torch_plain_step.reference_state_dict(reference.net),
+           'plain': plain.net.state_dict()}
+  old = flax.traverse_util.flatten_dict(state.params)
+  new = flax.traverse_util.flatten_dict(new_state.params)
+  groups = flax.traverse_util.flatten_dict(optim.param_groups(variables['params'], True))
+  checked = 0
+  for path, group in groups.items():
+    name = weights.torch_name('params', path, config.model.layout)
+    want = np.asarray(new[path][0]) - np.asarray(old[path][0])
+    for side, state_dict in after.items():
+      got = (state_dict[name] - before[name]).numpy()
+      if got.ndim == 4:
+        got = got.transpose(2, 3, 1, 0)
+      elif got.ndim == 2:
+        got = got.T
+      if group == 'frozen':
+        assert not np.any(got) and not np.any(want), (side, name)
+        continue
+      scale = np.max(np.abs(want))
+      assert scale > 0, name
+      np.testing.assert_allclose(got, want, atol=2e-3 * scale, rtol=0,
+                                 err_msg=f'{side}: {name}')
+    checked += group != 'frozen'
+  assert checked == len([g for g in groups.values() if g != 'frozen']) == 82  # R50 + head

@@ -5,7 +5,9 @@ torchvision's ResNet (`replace_stride_with_dilation`), the DeepLabV2 `Res_Deepla
 AdvSemiSeg/ClassMix (caffe layout), mmseg's ResNetV1c, the TorchSemSeg/UniMatch deep
 stem, and the CTT authors' DeepLabV2 head (`SEBlock`, `Classifier_Module2` of
 1181110317/SSL_CTT `model/deeplabv2.py`, widths and GroupNorm groups made parameters).
-Module names are the checkpoint names `ctt_jax.models.weights` maps.
+Module names are the checkpoint names `ctt_jax.models.weights` maps. ReLUs and residual
+additions work in place, as in torchvision's and the authors' code (benchmarks/torch_step.py
+trains these nets and is compared with a plain step of the authors' code).
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ class ConvBN(nn.Module):
 
   def forward(self, x):
     x = self.bn(self.conv(x))
-    return F.relu(x) if self.relu else x
+    return F.relu_(x) if self.relu else x
 
 
 class BasicBlock(nn.Module):
@@ -54,9 +56,10 @@ class BasicBlock(nn.Module):
         nn.BatchNorm2d(planes)) if downsample else None
 
   def forward(self, x):
-    out = F.relu(self.bn1(self.conv1(x)))
+    out = F.relu_(self.bn1(self.conv1(x)))
     out = self.bn2(self.conv2(out))
-    return F.relu(out + (self.downsample(x) if self.downsample is not None else x))
+    out += self.downsample(x) if self.downsample is not None else x
+    return F.relu_(out)
 
 
 class Bottleneck(nn.Module):
@@ -78,10 +81,11 @@ class Bottleneck(nn.Module):
         nn.BatchNorm2d(planes * 4)) if downsample else None
 
   def forward(self, x):
-    out = F.relu(self.bn1(self.conv1(x)))
-    out = F.relu(self.bn2(self.conv2(out)))
+    out = F.relu_(self.bn1(self.conv1(x)))
+    out = F.relu_(self.bn2(self.conv2(out)))
     out = self.bn3(self.conv3(out))
-    return F.relu(out + (self.downsample(x) if self.downsample is not None else x))
+    out += self.downsample(x) if self.downsample is not None else x
+    return F.relu_(out)
 
 
 class ResNet(nn.Module):
@@ -131,7 +135,7 @@ class ResNet(nn.Module):
     if self.layout == 'v1c':
       x = self.stem(x)
     else:
-      x = F.relu(self.bn1(self.conv1(x)))
+      x = F.relu_(self.bn1(self.conv1(x)))
     x = self.maxpool(x)
     c1 = self.layer1(x)
     c4 = self.layer4(self.layer3(self.layer2(c1)))
@@ -146,7 +150,7 @@ class Projection(nn.Module):
     self.conv2 = nn.Conv2d(cin, cout, 1, bias=True)
 
   def forward(self, x):
-    return self.conv2(F.relu(self.bn1(self.conv1(x))))
+    return self.conv2(F.relu_(self.bn1(self.conv1(x))))
 
 
 class ASPPV2(nn.Module):
@@ -237,7 +241,8 @@ class SEBlock(nn.Module):
 class Classifier_Module2(nn.Module):  # pylint: disable=invalid-name
   """The authors' head; their 256 -> `branch_width` (branches) and `feature_dim` (fuse),
   GroupNorm(32) -> GroupNorm(`branch_groups` / `feature_groups`). forward(x) returns
-  {'feat': normalize(dropout(fuse)), 'out': classifier(dropout(fuse))} (their get_feat)."""
+  {'feat': normalize(dropout(fuse)), 'out': classifier(dropout(fuse))} (their get_feat);
+  with get_feat=False only 'out' (a step that needs only the logits)."""
 
   def __init__(self, inplanes, dilation_series, padding_series, num_classes,
                branch_width=256, feature_dim=256, branch_groups=32, feature_groups=32,
@@ -266,12 +271,13 @@ class Classifier_Module2(nn.Module):  # pylint: disable=invalid-name
         nn.Conv2d(feature_dim, num_classes, kernel_size=1, padding=0, dilation=1,
                   bias=False))
 
-  def forward(self, x):
+  def forward(self, x, get_feat=True):
     out = self.conv2d_list[0](x)
     for i in range(len(self.conv2d_list) - 1):
       out = torch.cat((out, self.conv2d_list[i + 1](x)), 1)
     out = self.head[0](self.bottleneck(out))
-    return {'feat': F.normalize(out, dim=1), 'out': self.head[1](out)}
+    logits = self.head[1](out)
+    return {'feat': F.normalize(out, dim=1), 'out': logits} if get_feat else {'out': logits}
 
 
 class CTTDeepLabV2(ResNet):
