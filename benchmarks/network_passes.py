@@ -50,7 +50,7 @@ def passes_step(state, batch, rng, *, model, tx, config):
   # Stages 6-7 as the full step runs them (update, EMA), without the bank push.
   method = dataclasses.replace(methods_lib.from_config(config), bank_push='none')
   new_state = ts.update_networks_and_banks(state, grads, stats, state.banks, x_l, labels,
-                                           model=model, method=method, tx=tx, config=config,
+                                           jax.random.fold_in(rng, 3), model=model, method=method, tx=tx, config=config,
                                            bank_k=0)
   labeled = ts.predict_eval_mode(model, new_state.teacher_params,
                                  new_state.teacher_batch_stats, x_l, config)
