@@ -291,6 +291,28 @@ def summarise(steps: list[dict], timing: str) -> dict:
           'samples': steps}
 
 
+def paired_ratio(a: list[dict], b: list[dict], timing: str = 'wall') -> dict:
+  """a's time over b's, two runners of the same `alternate` call, per pair of rounds
+  (2k, 2k + 1): in such a pair each runner after the first sits once in each place
+  (`round_order`), so the place a step runs in cancels out, and so does a drift of the
+  machine's speed slower than two rounds. Pairs with a disturbed step are left out
+  unless fewer than half are left. Returns the median of the pairs' ratios, their
+  range, and how many pairs it is over; an odd last round is not used."""
+  pairs = []
+  for k in range(min(len(a), len(b)) // 2):
+    steps_a, steps_b = a[2 * k:2 * k + 2], b[2 * k:2 * k + 2]
+    ratio = (sum(s[f'{timing}_s'] for s in steps_a) /
+             sum(s[f'{timing}_s'] for s in steps_b))
+    pairs.append((ratio, any(s['disturbed'] for s in steps_a + steps_b)))
+  if not pairs:
+    raise ValueError('paired_ratio needs at least two rounds of both runners.')
+  quiet = [r for r, disturbed in pairs if not disturbed]
+  used = quiet if 2 * len(quiet) >= len(pairs) else [r for r, _ in pairs]
+  return {'ratio': float(statistics.median(used)), 'low': min(used), 'high': max(used),
+          'pairs': len(used), 'of_pairs': len(pairs),
+          'loaded': 2 * len(quiet) < len(pairs), 'ratios': [r for r, _ in pairs]}
+
+
 def round_order(names: list[str], i: int) -> list[str]:
   """Round i's order: `names`, or the first name and the rest reversed when i is odd. In
   one process a step runs after whichever step came before it (the memory that step just
@@ -388,18 +410,30 @@ def _size(size) -> str:
   return 'x'.join(map(str, size))
 
 
+def pairs_note(p: dict) -> str:
+  """"per pair of rounds R (median of N of M pairs, range lo-hi)" for a paired_ratio."""
+  loaded = ', LOADED' if p['loaded'] else ''
+  return (f'per pair of rounds {p["ratio"]:.3f} (median of {p["pairs"]} of {p["of_pairs"]} '
+          f'pairs{loaded}, range {p["low"]:.3f}-{p["high"]:.3f})')
+
+
 def target_rows(results: dict) -> list[dict]:
   """Every targeted ratio with its target and verdict (LOADED if measured under load)."""
   rows = []
   for r in results['supervised']:
     rows.append(_row(results, f'supervised step {_size(r["size"])}: ctt-jax / PyTorch time',
                      r['ratio'], 1.0, False,
-                     f'ctt-jax {r["jax_s"]:.3f}s, PyTorch {r["torch_s"]:.3f}s', ['sup'],
-                     [r.get('jax_median'), r.get('torch_median')]))
+                     f'ctt-jax {r["jax_s"]:.3f}s, PyTorch {r["torch_s"]:.3f}s'
+                     + (f'; {pairs_note(r["ratio_paired"])}' if 'ratio_paired' in r else ''),
+                     ['sup'], [r.get('jax_median'), r.get('torch_median')]))
     if 'reference_over_plain' in r:
+      paired = r.get('reference_over_plain_paired')
+      context = f'reference {r["torch_s"]:.3f}s, plain {r["torch_plain_s"]:.3f}s'
+      if paired:  # the value is the paired ratio; the medians' ratio beside it
+        context = (f'{pairs_note(paired)}; medians: {context} '
+                   f'({r["reference_over_plain_medians"]:.3f})')
       rows.append(_row(results, f'PyTorch step {_size(r["size"])}: benchmark reference / '
-                       'plain step', r['reference_over_plain'], 1.03, False,
-                       f'reference {r["torch_s"]:.3f}s, plain {r["torch_plain_s"]:.3f}s',
+                       'plain step', r['reference_over_plain'], 1.03, False, context,
                        ['sup'], [r.get('torch_median'), r.get('torch_plain_median')]))
   if 'ctt' in results:
     c = results['ctt']

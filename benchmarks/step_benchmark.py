@@ -37,7 +37,8 @@ that other processes used. A step above `--others_threshold` (5%) is disturbed: 
 over the undisturbed steps when at least half are; a section above it is LOADED in the
 JSON and the table, and `--strict` then exits non-zero. `--timing=cpu` times steps by
 process CPU time (with `--threads 1`). Times are medians of `--steps` steps after one
-untimed step. Results: benchmarks/results/step_benchmark{,_quick}.{json,md}.
+untimed step; the two PyTorch steps, which swap places every round, are compared per pair
+of rounds (bench_utils.paired_ratio). Results: benchmarks/results/step_benchmark{,_quick}.{json,md}.
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def parse_args(argv=None):
                       help='ResNet-18 at width 1/4 on tiny shapes: checks the script only')
   parser.add_argument('--threads', type=int, default=0,
                       help='CPUs for both frameworks (0: all schedulable CPUs)')
-  parser.add_argument('--steps', type=int, default=0, help='timed steps per row (>= 5)')
+  parser.add_argument('--steps', type=int, default=0, help='timed rounds per supervised row (even, >= 6)')
   parser.add_argument('--conv_impl', default='auto', help='model.conv_impl of ctt-jax')
   parser.add_argument('--sizes', default='', help='supervised rows, e.g. 256x512,64x128')
   parser.add_argument('--ctt_size', default='', help='CTT rows size, e.g. 256x512')
@@ -118,17 +119,19 @@ def settings(args):
   size = bu.parse_size
   if args.quick:
     s = dict(backbone='resnet18', width_multiplier=0.25, sizes=[(32, 64)],
-             ctt_size=(32, 64), eval_size=(32, 64), steps=5, ctt_steps=5)
+             ctt_size=(32, 64), eval_size=(32, 64), steps=6, ctt_steps=5)
   else:
     s = dict(backbone='resnet101', width_multiplier=1.0, sizes=[(256, 512), (64, 128)],
-             ctt_size=(256, 512), eval_size=(512, 1024), steps=7, ctt_steps=5)
+             ctt_size=(256, 512), eval_size=(512, 1024), steps=8, ctt_steps=5)
   if args.sizes:
     s['sizes'] = [size(t) for t in args.sizes.split(',')]
   if args.ctt_size:
     s['ctt_size'] = size(args.ctt_size)
   if args.eval_size:
     s['eval_size'] = size(args.eval_size)
-  s['steps'] = max(5, args.steps or s['steps'])
+  # An even number of rounds: the PyTorch steps' ratio is taken per pair of rounds.
+  s['steps'] = max(6, args.steps or s['steps'])
+  s['steps'] += s['steps'] % 2
   s['ctt_steps'] = max(5, args.ctt_steps or s['ctt_steps'])
   s['head'] = args.head or bu.default_head()
   return s
@@ -173,8 +176,16 @@ def supervised_row(s, size, results):
     row.update(runner_fields(name, t['runners'][name]))
     row[f'{name}_rss_growth'] = runner.rss_growth
   row['ratio'] = row['jax_s'] / row['torch_s']
+  row['ratio_paired'] = bu.paired_ratio(t['runners']['jax']['samples'],
+                                       t['runners']['torch']['samples'], t['timing'])
   if 'torch_plain' in runners:
-    row['reference_over_plain'] = row['torch_s'] / row['torch_plain_s']
+    # The two PyTorch steps swap places every other round: their ratio is taken per pair
+    # of rounds (bu.paired_ratio), where each sits once right after ctt-jax's step.
+    row['reference_over_plain_medians'] = row['torch_s'] / row['torch_plain_s']
+    row['reference_over_plain_paired'] = bu.paired_ratio(
+        t['runners']['torch']['samples'], t['runners']['torch_plain']['samples'],
+        t['timing'])
+    row['reference_over_plain'] = row['reference_over_plain_paired']['ratio']
   results['supervised'].append(row)
   del jax_step, torch_run, runners
 

@@ -14,7 +14,7 @@ the backbone's rate, batch norm frozen (running statistics, no affine updates).
 The weights are the reference net's (`load_reference`), so the first loss and the first
 update are the benchmark's PyTorch side's and ctt-jax's (tests/test_bench_protocol.py).
 
-    python benchmarks/torch_plain_step.py --size 256x512 --steps 7   # both PyTorch steps
+    python benchmarks/torch_plain_step.py --size 256x512 --steps 8   # both PyTorch steps, swapping places
 """
 from __future__ import annotations
 
@@ -243,7 +243,7 @@ def main(argv=None):
   from benchmarks import torch_step  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=main.__doc__.split('\n')[0])
   parser.add_argument('--size', default='256x512')
-  parser.add_argument('--steps', type=int, default=7)
+  parser.add_argument('--steps', type=int, default=8, help='rounds (even)')
   parser.add_argument('--threads', type=int, default=0, help='0: every CPU it may use')
   parser.add_argument('--out', default='', help='JSON path (optional)')
   lg.add_protocol_args(parser)
@@ -262,8 +262,9 @@ def main(argv=None):
     runner.run()
   guard.enforce_priority('after the warm-up')
   records = {name: [] for name in runners}
-  for _ in range(args.steps):
-    for name, runner in runners.items():
+  for i in range(args.steps):
+    for name in bu.round_order(['', *runners], i)[1:]:  # the two swap places every round
+      runner = runners[name]
       before, usage, start = guard.sample(), resource.getrusage(resource.RUSAGE_SELF), \
           time.perf_counter()
       runner.run()
@@ -282,7 +283,12 @@ def main(argv=None):
     print(f'{name:9s} wall {median["wall_s"]:.3f} s, user {median["user_s"]:.3f} s, '
           f'system {median["sys_s"]:.3f} s, {median["minor_faults"]:,.0f} minor faults, '
           f'others {median["others_share"]:.1%} (medians of {len(steps)} steps)')
-  print(f'reference / plain: {result["reference"]["wall_s"] / result["plain"]["wall_s"]:.3f}')
+  for timing in ('wall', 'user'):
+    paired = bu.paired_ratio(records['reference'], records['plain'], timing)
+    result[f'reference_over_plain_{timing}_paired'] = paired
+    medians = result['reference'][f'{timing}_s'] / result['plain'][f'{timing}_s']
+    print(f'reference / plain, {timing} time: {medians:.3f} (medians), '
+          f'{bu.pairs_note(paired)}')
   if args.out:
     with open(args.out, 'w') as f:
       json.dump(result, f, indent=1, default=bu.json_default)

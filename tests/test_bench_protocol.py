@@ -166,6 +166,37 @@ def test_round_order_alternates_what_follows_the_first_runner():
   assert bu.round_order(['jax', 'torch'], 1) == ['jax', 'torch']
 
 
+def _steps(times, disturbed=()):
+  return [{'wall_s': t, 'disturbed': i in disturbed} for i, t in enumerate(times)]
+
+
+def test_paired_ratio_cancels_the_place_a_step_runs_in():
+  from benchmarks import bench_utils as bu  # pylint: disable=g-import-not-at-top
+  # Both networks take 10 s, plus 2 s whenever they run right after the first runner:
+  # 'a' in even rounds, 'b' in odd ones. Seven rounds put 'a' there four times, so the
+  # medians' ratio reads 12/10; the pairs of rounds read 1.0. The 7th round is unused.
+  a = _steps([12, 10, 12, 10, 12, 10, 12])
+  b = _steps([10, 12, 10, 12, 10, 12, 10])
+  times = lambda steps: [s['wall_s'] for s in steps]
+  import statistics  # pylint: disable=g-import-not-at-top
+  assert statistics.median(times(a)) / statistics.median(times(b)) == pytest.approx(1.2)
+  p = bu.paired_ratio(a, b)
+  assert p['ratio'] == pytest.approx(1.0) and p['pairs'] == p['of_pairs'] == 3
+  assert not p['loaded']
+  # A disturbed step drops its pair (pair 0 here); a pair with a slower 'a' moves the median.
+  a = _steps([30, 10, 13, 11, 12, 10, 12, 11], disturbed={0})
+  b = _steps([10, 12, 10, 12, 10, 12, 10, 12])
+  p = bu.paired_ratio(a, b)
+  assert p['pairs'] == 3 and p['of_pairs'] == 4
+  assert p['ratio'] == pytest.approx(23 / 22) and p['high'] == pytest.approx(24 / 22)
+  assert p['low'] == pytest.approx(22 / 22) and len(p['ratios']) == 4
+  # Most pairs disturbed: all pairs, flagged.
+  p = bu.paired_ratio(_steps([10] * 4, disturbed={0, 2}), _steps([10] * 4))
+  assert p['loaded'] and p['pairs'] == 2
+  with pytest.raises(ValueError, match='at least two rounds'):
+    bu.paired_ratio(_steps([10]), _steps([10]))
+
+
 def _results(others_share: float) -> dict:
   """A minimal step_benchmark result: one supervised row, section 'sup' and 'matmul'."""
   median = {'median_over': 'all', 'undisturbed': 7, 'steps': 7}
@@ -210,6 +241,22 @@ def test_loaded_sections_turn_verdicts_into_loaded():
                                             'undisturbed': 2, 'steps': 7}
   assert bu.target_rows(quiet)[0]['verdict'].startswith(
       'LOADED: only 2 of 7 steps undisturbed')
+
+
+def test_reference_over_plain_row_shows_the_paired_ratio_and_the_medians():
+  from benchmarks import bench_utils as bu  # pylint: disable=g-import-not-at-top
+  results = _results(0.01)
+  paired = {'ratio': 1.01, 'low': 0.97, 'high': 1.06, 'pairs': 4, 'of_pairs': 4,
+            'loaded': False, 'ratios': [0.97, 1.0, 1.02, 1.06]}
+  results['supervised'][0].update(
+      torch_plain_s=0.95, torch_plain_median=results['supervised'][0]['torch_median'],
+      reference_over_plain=1.01, reference_over_plain_paired=paired,
+      reference_over_plain_medians=1.0 / 0.95)
+  row = bu.target_rows(results)[1]
+  assert row['row'] == 'PyTorch step 32x64: benchmark reference / plain step'
+  assert row['value'] == 1.01 and row['verdict'] == 'met'
+  assert row['context'] == ('per pair of rounds 1.010 (median of 4 of 4 pairs, range '
+                            '0.970-1.060); medians: reference 1.000s, plain 0.950s (1.053)')
 
 
 # --- same network on both sides ------------------------------------------------------------
