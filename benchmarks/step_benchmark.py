@@ -38,7 +38,8 @@ over the undisturbed steps when at least half are; a section above it is LOADED 
 JSON and the table, and `--strict` then exits non-zero. `--timing=cpu` times steps by
 process CPU time (with `--threads 1`). Times are medians of `--steps` steps after one
 untimed step; the two PyTorch steps, which swap places every round, are compared per pair
-of rounds (bench_utils.paired_ratio). Results: benchmarks/results/step_benchmark{,_quick}.{json,md}.
+of rounds (bench_utils.paired_ratio).
+Results: benchmarks/results/step_benchmark{,_quick}.{json,md}.
 """
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def parse_args(argv=None):
                       help='ResNet-18 at width 1/4 on tiny shapes: checks the script only')
   parser.add_argument('--threads', type=int, default=0,
                       help='CPUs for both frameworks (0: all schedulable CPUs)')
-  parser.add_argument('--steps', type=int, default=0, help='timed rounds per supervised row (even, >= 6)')
+  parser.add_argument('--steps', type=int, default=0,
+                      help='timed rounds per supervised row (even, >= 6)')
   parser.add_argument('--conv_impl', default='auto', help='model.conv_impl of ctt-jax')
   parser.add_argument('--sizes', default='', help='supervised rows, e.g. 256x512,64x128')
   parser.add_argument('--ctt_size', default='', help='CTT rows size, e.g. 256x512')
@@ -179,8 +181,8 @@ def supervised_row(s, size, results):
   row['ratio_paired'] = bu.paired_ratio(t['runners']['jax']['samples'],
                                        t['runners']['torch']['samples'], t['timing'])
   if 'torch_plain' in runners:
-    # The two PyTorch steps swap places every other round: their ratio is taken per pair
-    # of rounds (bu.paired_ratio), where each sits once right after ctt-jax's step.
+    # The two PyTorch steps swap places every round: their ratio is taken per pair of
+    # rounds (bu.paired_ratio), in which each sits once right after ctt-jax's step.
     row['reference_over_plain_medians'] = row['torch_s'] / row['torch_plain_s']
     row['reference_over_plain_paired'] = bu.paired_ratio(
         t['runners']['torch']['samples'], t['runners']['torch_plain']['samples'],

@@ -14,7 +14,7 @@ the backbone's rate, batch norm frozen (running statistics, no affine updates).
 The weights are the reference net's (`load_reference`), so the first loss and the first
 update are the benchmark's PyTorch side's and ctt-jax's (tests/test_bench_protocol.py).
 
-    python benchmarks/torch_plain_step.py --size 256x512 --steps 8   # both PyTorch steps, swapping places
+    python benchmarks/torch_plain_step.py --size 256x512 --steps 8   # both PyTorch steps, alone
 """
 from __future__ import annotations
 
