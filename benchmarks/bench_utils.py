@@ -306,11 +306,12 @@ def paired_ratio(a: list[dict], b: list[dict], timing: str = 'wall') -> dict:
     pairs.append((ratio, any(s['disturbed'] for s in steps_a + steps_b)))
   if not pairs:
     raise ValueError('paired_ratio needs at least two rounds of both runners.')
+  every = [r for r, _ in pairs]
   quiet = [r for r, disturbed in pairs if not disturbed]
-  used = quiet if 2 * len(quiet) >= len(pairs) else [r for r, _ in pairs]
+  loaded = 2 * len(quiet) < len(pairs)
+  used = every if loaded else quiet
   return {'ratio': float(statistics.median(used)), 'low': min(used), 'high': max(used),
-          'pairs': len(used), 'of_pairs': len(pairs),
-          'loaded': 2 * len(quiet) < len(pairs), 'ratios': [r for r, _ in pairs]}
+          'pairs': len(used), 'of_pairs': len(pairs), 'loaded': loaded, 'ratios': every}
 
 
 def round_order(names: list[str], i: int) -> list[str]:
