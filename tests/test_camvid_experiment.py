@@ -518,3 +518,42 @@ def test_reports_go_to_the_experiment_and_quote_no_machine_path(script, tmp_path
       '--grid_json=DIR/grid.json --grid_md=experiments/camvid/results/grid.md '
       '--grid_plot=PATH/grid.png '
       '--overrides=ct_weighting=confidence_power,data.data_dir=PATH/camvid')
+
+
+def test_loss_terms_weights_shares_and_waits_for_the_contrastive_start(script, tmp_path):
+  from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      'loss_terms', os.path.join(ROOT, 'experiments', 'camvid', 'loss_terms.py'))
+  loss_terms = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(loss_terms)
+  run_dir = tmp_path / 'run'
+  os.makedirs(run_dir)
+  with pytest.raises(SystemExit, match='config.json does not exist'):
+    loss_terms.loss_terms(str(run_dir), 10)
+  with open(run_dir / 'config.json', 'w') as f:
+    json.dump({'lambda_sup': 1.0, 'lambda_ct': 1.0, 'lambda_hc': 0.1, 'lambda_lc': 0.5,
+               'use_hc': True, 'use_lc': True}, f)
+  with pytest.raises(SystemExit, match='no logged train/loss'):
+    loss_terms.loss_terms(str(run_dir), 10)
+
+  def event(step, active):
+    e = event_pb2.Event(step=step, wall_time=1.0)
+    for tag, v in {'train/loss_sup': 1.0, 'train/loss_ct': 0.5, 'train/loss_hc': 4.0,
+                   'train/loss_lc': 2.0, 'train/contrastive_active': active,
+                   'train/loss': 1.5 + active * (0.4 + 1.0)}.items():
+      e.summary.value.add(tag=tag, simple_value=v)
+    return e
+
+  _write_events(run_dir / 'events.out.tfevents.1.host',
+                [event(5, 0.0), event(10, 0.0), event(15, 1.0), event(20, 1.0)])
+  result = loss_terms.loss_terms(str(run_dir), 10)
+  before, after = result['windows']
+  assert before['steps'] == [0, 10] and after['steps'] == [10, 20]
+  # Before the start the contrastive terms are logged but carry no weight.
+  assert before['terms']['hc']['raw'] == pytest.approx(4.0)
+  assert before['terms']['hc']['weighted'] == 0.0
+  assert before['terms']['sup']['share'] == pytest.approx(1.0 / 1.5)
+  # After it: 1 + 0.5 + 0.1 * 4 + 0.5 * 2 = 2.9, the logged total.
+  assert after['total'] == pytest.approx(2.9)
+  assert sum(t['weighted'] for t in after['terms'].values()) == pytest.approx(2.9)
+  assert after['terms']['lc']['share'] == pytest.approx(1.0 / 2.9)
