@@ -83,8 +83,9 @@ def main():
     print(f"| {w['steps'][0]}-{w['steps'][1]} | {total} | " + ' | '.join(cells) + ' |')
   if args.out:
     with open(args.out, 'w') as f:
-      json.dump({'workdir': os.path.basename(os.path.normpath(args.workdir)), **result}, f,
-                indent=1)
+      # The run's place in its grid (recipe/subset_seed/method), no machine path.
+      run = '/'.join(os.path.normpath(args.workdir).split(os.sep)[-3:])
+      json.dump({'run': run, **result}, f, indent=1)
     print(f'wrote {args.out}')
 
 
