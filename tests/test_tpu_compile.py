@@ -436,6 +436,24 @@ def test_mesh_rows_come_with_the_data_parallel_rows_they_are_compared_with():
                       ('v6e:2x4', 'train'): 2}
   path, arg = table.config_arg(table.data_parallel_row(as_written[1]), num_chips=4)
   assert arg.endswith('batch_size=16')
+  # The eval step reads data.eval_batch_size: one image per chip is set there.
+  path, arg = table.config_arg(table.data_parallel_row(as_written[3]), num_chips=8)
+  assert arg.endswith('data.eval_batch_size=8')
+
+
+def test_an_eval_row_records_the_eval_batch_it_compiled(monkeypatch):
+  def fake_report(config, topology, steps):
+    step = {'total_gib': 0.85, 'fits': True, 'compile_s': 1.0, 'flops': 1.25e12,
+            'bytes_accessed': 2**30, 'global_batch': int(config.data.eval_batch_size)}
+    return {'hbm_capacity_gib': 16, 'num_chips': 8, 'num_hosts': 1,
+            'global_batch': int(config.batch_size), 'num_pairs': 2, 'bank_size': 256,
+            'crop_size': [256, 512], 'mesh': {'data': 2, 'space': 4}, steps[0]: step}
+  monkeypatch.setattr(tpu_compile, 'compile_report', fake_report)
+  as_written = table.row(table.CITYSCAPES, 'v5e:2x4', per_chip_batch=0, step='eval')
+  compiled = table.compile_row(as_written)
+  assert compiled['global_batch'] == 1  # the config's eval_batch_size; its batch_size is 2
+  assert table.images_cell(compiled) == '1'
+  assert table.compile_row(table.data_parallel_row(as_written))['global_batch'] == 8
 
 
 def test_the_page_is_generated_from_the_rows(tmp_path):

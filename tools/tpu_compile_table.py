@@ -231,8 +231,11 @@ def data_parallel_row(as_written: dict[str, Any]) -> dict[str, Any]:
   chip on 8 chips, 4 + 4 on 4) and one image per chip for eval."""
   from ctt_jax import tpu_compile  # pylint: disable=g-import-not-at-top
   num_chips = tpu_compile.parse_topology(as_written['topology']).num_chips
-  per_chip = 1 if as_written['step'] == 'eval' else DATA_PARALLEL_BATCH // num_chips
-  return {**as_written, 'per_chip_batch': per_chip}
+  if as_written['step'] == 'eval':
+    # The eval step reads its batch from data.eval_batch_size, not batch_size.
+    return {**as_written, 'per_chip_batch': 1,
+            'overrides': f'data.eval_batch_size={num_chips}'}
+  return {**as_written, 'per_chip_batch': DATA_PARALLEL_BATCH // num_chips}
 
 
 def demo_rows() -> list[dict[str, Any]]:
@@ -330,7 +333,9 @@ def compile_row(r: dict[str, Any]) -> dict[str, Any]:
       'collective_instructions': step.get('collective_instructions'),
       'compile_error': step.get('compile_error'), 'compile_s': round(step['compile_s'], 1),
       'wall_s': round(time.time() - start, 1), 'num_chips': report['num_chips'],
-      'num_hosts': report['num_hosts'], 'global_batch': report['global_batch'],
+      'num_hosts': report['num_hosts'],
+      # An eval row's images per step are the eval batch, not the config's batch_size.
+      'global_batch': step.get('global_batch', report['global_batch']),
       'num_pairs': report['num_pairs'], 'bank_size': report['bank_size'],
       'crop_size': report['crop_size'], 'config_arg': arg, 'mesh': report['mesh'],
       'recipe': str(config.recipe), 'measured': time.strftime('%Y-%m-%d'), 'code': code_version(),
